@@ -1,0 +1,33 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! nn-core: the engine, model format and wire protocol of virtio-nn.
+//!
+//! * [`fixed`]: Q16.16 values and the exact arithmetic of a neuron (product
+//!   width, accumulation, rounding, saturation) — the definition every path
+//!   must reproduce bit for bit.
+//! * [`mlp`]: the multi-layer perceptron (dense layers with ReLU or identity),
+//!   validated once at construction; the scalar reference.
+//! * [`model`]: the model file format (safetensors with Q16.16 `I32` tensors,
+//!   a format version and a CRC-32C checksum) with a clear error for every
+//!   malformed file.
+//! * [`protocol`]: the device's wire protocol (config space, request and
+//!   response layouts, status codes), shared verbatim with the guest driver.
+//!
+//! The crate is `no_std` + `alloc` without its default `std` feature.
+//!
+//! # Limits
+//! At most [`protocol::MAX_LAYERS`] layers, each at most [`protocol::MAX_DIM`]
+//! wide, and [`protocol::MAX_BATCH`] samples per batch call.
+
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+pub mod fixed;
+pub mod mlp;
+pub mod model;
+pub mod protocol;
+
+pub use mlp::{Activation, Layer, Mlp, Scratch, ShapeError};
+pub use model::{Model, ModelError};

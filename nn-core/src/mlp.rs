@@ -1,0 +1,395 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The multi-layer perceptron: a chain of dense layers, validated once when it
+//! is built and then run without per-sample shape checks.
+//!
+//! This is the scalar reference: every faster path must give the same bits.
+//! The arithmetic of each neuron is defined in [`crate::fixed`].
+
+use alloc::vec;
+use alloc::vec::Vec;
+
+use crate::fixed;
+use crate::protocol::{MAX_BATCH, MAX_DIM, MAX_LAYERS};
+
+/// What a layer applies to its rounded, saturated outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `y`
+    Identity,
+    /// `max(y, 0)`
+    Relu,
+}
+
+impl Activation {
+    /// The name used in model files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+        }
+    }
+
+    /// Parses a name used in model files.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "identity" => Some(Activation::Identity),
+            "relu" => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, y: i32) -> i32 {
+        match self {
+            Activation::Identity => y,
+            Activation::Relu => y.max(0),
+        }
+    }
+}
+
+/// One dense layer: `out_dim` neurons over `in_dim` inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layer {
+    in_dim: usize,
+    out_dim: usize,
+    /// Row-major `[out_dim][in_dim]`, as PyTorch's `nn.Linear.weight`.
+    weights: Vec<i32>,
+    bias: Vec<i32>,
+    activation: Activation,
+}
+
+/// Why a set of layers is not a model this engine runs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// No layers at all.
+    #[error("a model needs at least one layer")]
+    NoLayers,
+    /// More layers than [`MAX_LAYERS`].
+    #[error("{0} layers; at most {max} are supported", max = MAX_LAYERS)]
+    TooManyLayers(usize),
+    /// A width of 0 or above [`MAX_DIM`].
+    #[error("layer {layer}: width {dim} is outside 1..={max}", max = MAX_DIM)]
+    BadDim {
+        /// Index of the layer.
+        layer: usize,
+        /// The offending width.
+        dim: usize,
+    },
+    /// The weight or bias vector has the wrong number of values.
+    #[error("layer {layer}: {what} has {got} values, expected {expected}")]
+    BadLength {
+        /// Index of the layer.
+        layer: usize,
+        /// `"weight"` or `"bias"`.
+        what: &'static str,
+        /// Values present.
+        got: usize,
+        /// Values needed.
+        expected: usize,
+    },
+    /// A layer's input width is not the previous layer's output width.
+    #[error("layer {layer} takes {got} inputs but the previous layer gives {expected}")]
+    Chain {
+        /// Index of the layer.
+        layer: usize,
+        /// Its input width.
+        got: usize,
+        /// The previous layer's output width.
+        expected: usize,
+    },
+    /// Input or output slices of a prediction call have the wrong size.
+    #[error("buffer holds {got} values, expected {expected}")]
+    Buffer {
+        /// Values present.
+        got: usize,
+        /// Values needed.
+        expected: usize,
+    },
+    /// A batch of 0 or above [`MAX_BATCH`] samples.
+    #[error("batch of {0} samples is outside 1..={max}", max = MAX_BATCH)]
+    Batch(usize),
+}
+
+impl Layer {
+    /// Builds a layer from row-major weights `[out_dim][in_dim]` and biases.
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        weights: Vec<i32>,
+        bias: Vec<i32>,
+        activation: Activation,
+    ) -> Result<Self, ShapeError> {
+        for dim in [in_dim, out_dim] {
+            if dim == 0 || dim > MAX_DIM as usize {
+                return Err(ShapeError::BadDim { layer: 0, dim });
+            }
+        }
+        if weights.len() != in_dim * out_dim {
+            return Err(ShapeError::BadLength {
+                layer: 0,
+                what: "weight",
+                got: weights.len(),
+                expected: in_dim * out_dim,
+            });
+        }
+        if bias.len() != out_dim {
+            return Err(ShapeError::BadLength {
+                layer: 0,
+                what: "bias",
+                got: bias.len(),
+                expected: out_dim,
+            });
+        }
+        Ok(Self {
+            in_dim,
+            out_dim,
+            weights,
+            bias,
+            activation,
+        })
+    }
+
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Output width.
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// Row-major weights `[out_dim][in_dim]`.
+    pub fn weights(&self) -> &[i32] {
+        &self.weights
+    }
+
+    /// Biases, one per output.
+    pub fn bias(&self) -> &[i32] {
+        &self.bias
+    }
+
+    /// The activation.
+    pub fn activation(&self) -> Activation {
+        self.activation
+    }
+
+    /// Runs the layer on one sample (`x.len() == in_dim`, `y.len() == out_dim`).
+    fn forward(&self, x: &[i32], y: &mut [i32]) {
+        for ((yj, row), &b) in y
+            .iter_mut()
+            .zip(self.weights.chunks_exact(self.in_dim))
+            .zip(&self.bias)
+        {
+            *yj = self.activation.apply(fixed::neuron(row, b, x));
+        }
+    }
+}
+
+/// A validated chain of dense layers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mlp {
+    layers: Vec<Layer>,
+    max_width: usize,
+}
+
+/// Reusable work memory for [`Mlp::predict_batch`]: two vectors as wide as
+/// the widest layer, so that prediction does not allocate.
+#[derive(Default)]
+pub struct Scratch {
+    a: Vec<i32>,
+    b: Vec<i32>,
+}
+
+impl Mlp {
+    /// Checks the chain (count, widths, lengths, matching dims) once.
+    pub fn new(layers: Vec<Layer>) -> Result<Self, ShapeError> {
+        if layers.is_empty() {
+            return Err(ShapeError::NoLayers);
+        }
+        if layers.len() > MAX_LAYERS {
+            return Err(ShapeError::TooManyLayers(layers.len()));
+        }
+        for (i, pair) in layers.windows(2).enumerate() {
+            if pair[1].in_dim != pair[0].out_dim {
+                return Err(ShapeError::Chain {
+                    layer: i + 1,
+                    got: pair[1].in_dim,
+                    expected: pair[0].out_dim,
+                });
+            }
+        }
+        let max_width = layers
+            .iter()
+            .map(|l| l.in_dim.max(l.out_dim))
+            .max()
+            .unwrap_or(0);
+        Ok(Self { layers, max_width })
+    }
+
+    /// The layers, input side first.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// Width of one input sample.
+    pub fn input_dim(&self) -> usize {
+        self.layers[0].in_dim
+    }
+
+    /// Width of one output sample.
+    pub fn output_dim(&self) -> usize {
+        self.layers[self.layers.len() - 1].out_dim
+    }
+
+    /// `[input_dim, width of layer 0's output, ..., output_dim]`.
+    pub fn dims(&self) -> Vec<usize> {
+        core::iter::once(self.input_dim())
+            .chain(self.layers.iter().map(|l| l.out_dim))
+            .collect()
+    }
+
+    /// Work memory sized for this model.
+    pub fn scratch(&self) -> Scratch {
+        Scratch {
+            a: vec![0; self.max_width],
+            b: vec![0; self.max_width],
+        }
+    }
+
+    /// Runs `n` samples: `inputs` holds `n * input_dim` values sample after
+    /// sample, `outputs` receives `n * output_dim`.
+    pub fn predict_batch(
+        &self,
+        inputs: &[i32],
+        outputs: &mut [i32],
+        scratch: &mut Scratch,
+    ) -> Result<(), ShapeError> {
+        let (ind, outd) = (self.input_dim(), self.output_dim());
+        let n = inputs.len() / ind;
+        if n == 0 || n > MAX_BATCH as usize {
+            return Err(ShapeError::Batch(n));
+        }
+        if inputs.len() != n * ind {
+            return Err(ShapeError::Buffer {
+                got: inputs.len(),
+                expected: n * ind,
+            });
+        }
+        if outputs.len() != n * outd {
+            return Err(ShapeError::Buffer {
+                got: outputs.len(),
+                expected: n * outd,
+            });
+        }
+        if scratch.a.len() < self.max_width || scratch.b.len() < self.max_width {
+            *scratch = self.scratch();
+        }
+        for (x, y) in inputs.chunks_exact(ind).zip(outputs.chunks_exact_mut(outd)) {
+            self.forward_one(x, y, scratch);
+        }
+        Ok(())
+    }
+
+    /// Runs one sample, allocating its own work memory.
+    pub fn predict(&self, input: &[i32]) -> Result<Vec<i32>, ShapeError> {
+        let mut out = vec![0; self.output_dim()];
+        self.predict_batch(input, &mut out, &mut self.scratch())?;
+        Ok(out)
+    }
+
+    fn forward_one(&self, x: &[i32], y: &mut [i32], s: &mut Scratch) {
+        let last = self.layers.len() - 1;
+        let (mut cur, mut next) = (&mut s.a, &mut s.b);
+        cur[..x.len()].copy_from_slice(x);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let input = &cur[..layer.in_dim];
+            if i == last {
+                layer.forward(input, y);
+            } else {
+                layer.forward(input, &mut next[..layer.out_dim]);
+                core::mem::swap(&mut cur, &mut next);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::ONE;
+
+    fn tiny() -> Mlp {
+        // 2 -> 2 (relu) -> 1 (identity)
+        let l0 = Layer::new(
+            2,
+            2,
+            vec![ONE, -ONE, 2 * ONE, ONE / 2],
+            vec![0, -ONE],
+            Activation::Relu,
+        )
+        .unwrap();
+        let l1 = Layer::new(2, 1, vec![ONE, -3 * ONE], vec![ONE / 4], Activation::Identity).unwrap();
+        Mlp::new(vec![l0, l1]).unwrap()
+    }
+
+    #[test]
+    fn forward_matches_hand_computation() {
+        let m = tiny();
+        // x = (3, 1): h0 = relu(3 - 1) = 2, h1 = relu(6 + 0.5 - 1) = 5.5
+        // y = 2 - 16.5 + 0.25 = -14.25
+        let y = m.predict(&[3 * ONE, ONE]).unwrap();
+        assert_eq!(y, vec![-14 * ONE - ONE / 4]);
+        // x = (-3, 1): h0 = relu(-4) = 0, h1 = relu(-6 + 0.5 - 1) = 0, y = 0.25
+        assert_eq!(m.predict(&[-3 * ONE, ONE]).unwrap(), vec![ONE / 4]);
+        assert_eq!(m.dims(), vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn batch_equals_single_samples() {
+        let m = tiny();
+        let inputs: Vec<i32> = (0..20).map(|i| (i - 10) * ONE / 3).collect();
+        let mut out = vec![0; 10];
+        m.predict_batch(&inputs, &mut out, &mut Scratch::default())
+            .unwrap();
+        for (x, y) in inputs.chunks(2).zip(&out) {
+            assert_eq!(m.predict(x).unwrap(), vec![*y]);
+        }
+    }
+
+    #[test]
+    fn shapes_are_refused_with_reasons() {
+        let l = |i, o| Layer::new(i, o, vec![0; i * o], vec![0; o], Activation::Relu).unwrap();
+        assert_eq!(Mlp::new(vec![]), Err(ShapeError::NoLayers));
+        assert_eq!(
+            Mlp::new(vec![l(2, 3), l(4, 1)]),
+            Err(ShapeError::Chain {
+                layer: 1,
+                got: 4,
+                expected: 3
+            })
+        );
+        assert_eq!(
+            Mlp::new((0..8).map(|_| l(2, 2)).collect()),
+            Err(ShapeError::TooManyLayers(8))
+        );
+        assert!(matches!(
+            Layer::new(2, 2, vec![0; 3], vec![0; 2], Activation::Relu),
+            Err(ShapeError::BadLength { what: "weight", .. })
+        ));
+        assert!(matches!(
+            Layer::new(0, 2, vec![], vec![0; 2], Activation::Relu),
+            Err(ShapeError::BadDim { dim: 0, .. })
+        ));
+        let m = tiny();
+        assert_eq!(m.predict(&[1]), Err(ShapeError::Batch(0)));
+        assert_eq!(
+            m.predict(&[1, 2, 3]),
+            Err(ShapeError::Buffer {
+                got: 3,
+                expected: 2
+            })
+        );
+    }
+}

@@ -1,0 +1,455 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The model file: a [safetensors] container with Q16.16 `I32` tensors.
+//!
+//! A PyTorch user already writes safetensors; this format only fixes names,
+//! dtypes and metadata:
+//!
+//! * tensors `layers.{k}.weight` (`I32`, shape `[out, in]`, row-major as
+//!   `nn.Linear.weight`) and `layers.{k}.bias` (`I32`, shape `[out]`) for
+//!   `k = 0..L`, values in Q16.16; no other tensors.
+//! * metadata (`__metadata__`, all strings):
+//!   - `format` = `"virtio-nn"`
+//!   - `format_version` = `"1"`
+//!   - `fixed_point` = `"q16.16"`
+//!   - `activations` = one name per layer, comma-separated (`relu`,
+//!     `identity`), e.g. `"relu,identity"`
+//!   - `checksum` = `"crc32c:"` and 8 lowercase hex digits: CRC-32C of the
+//!     tensor data in layer order (weight bytes, then bias bytes, for
+//!     `k = 0..L`), little-endian as stored.
+//!   - `name` (optional): a human-readable model name.
+//!
+//! Every malformed file is refused with a [`ModelError`] naming the tensor or
+//! key and the reason; a model that loads has passed [`Mlp::new`]'s checks.
+//!
+//! [safetensors]: https://github.com/huggingface/safetensors
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::mlp::{Activation, Layer, Mlp, ShapeError};
+use crate::protocol::MAX_LAYERS;
+
+/// Value of the `format` metadata key.
+pub const FORMAT: &str = "virtio-nn";
+/// Value of the `format_version` metadata key this crate reads and writes.
+pub const FORMAT_VERSION: &str = "1";
+/// Value of the `fixed_point` metadata key.
+pub const FIXED_POINT: &str = "q16.16";
+/// Largest model file accepted, in bytes.
+pub const MAX_FILE_SIZE: usize = 256 << 20;
+
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// Why a model file was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// Larger than [`MAX_FILE_SIZE`].
+    #[error("file is {0} bytes; at most {max} are accepted", max = MAX_FILE_SIZE)]
+    TooLarge(usize),
+    /// The safetensors container itself is broken.
+    #[error("not a valid safetensors file: {0}")]
+    Container(String),
+    /// A required metadata key is absent.
+    #[error("metadata key `{0}` is missing")]
+    MissingMetadata(&'static str),
+    /// A metadata key has a value this version does not accept.
+    #[error("metadata `{key}` is `{value}`, expected {expected}")]
+    BadMetadata {
+        /// The key.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// A layer's tensor is absent.
+    #[error("tensor `{0}` is missing")]
+    MissingTensor(String),
+    /// A tensor that is not part of the format.
+    #[error("tensor `{0}` is not part of the format (expected layers.K.weight / layers.K.bias)")]
+    UnexpectedTensor(String),
+    /// A tensor that is not `I32`.
+    #[error("tensor `{tensor}` has dtype {dtype}, expected I32")]
+    BadDtype {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: String,
+    },
+    /// A tensor with the wrong rank or sizes.
+    #[error("tensor `{tensor}` has shape {shape:?}, expected {expected}")]
+    BadShape {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What was expected.
+        expected: String,
+    },
+    /// The data does not match the checksum in the metadata.
+    #[error("checksum mismatch: metadata says {expected}, data has crc32c:{actual:08x}")]
+    Checksum {
+        /// The metadata's value.
+        expected: String,
+        /// The data's CRC-32C.
+        actual: u32,
+    },
+    /// The layers do not form a model.
+    #[error("invalid model: {0}")]
+    Shape(#[from] ShapeError),
+}
+
+fn meta<'a>(st: &'a safetensors::tensor::Metadata, key: &'static str) -> Result<&'a str, ModelError> {
+    st.metadata()
+        .as_ref()
+        .and_then(|m| m.get(key))
+        .map(String::as_str)
+        .ok_or(ModelError::MissingMetadata(key))
+}
+
+fn expect_meta(
+    st: &safetensors::tensor::Metadata,
+    key: &'static str,
+    want: &'static str,
+) -> Result<(), ModelError> {
+    let value = meta(st, key)?;
+    if value != want {
+        return Err(ModelError::BadMetadata {
+            key,
+            value: value.to_string(),
+            expected: want,
+        });
+    }
+    Ok(())
+}
+
+fn i32_tensor<'a>(st: &SafeTensors<'a>, name: &str) -> Result<TensorView<'a>, ModelError> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| ModelError::MissingTensor(name.to_string()))?;
+    if t.dtype() != Dtype::I32 {
+        return Err(ModelError::BadDtype {
+            tensor: name.to_string(),
+            dtype: format!("{:?}", t.dtype()),
+        });
+    }
+    Ok(t)
+}
+
+fn values(data: &[u8]) -> Vec<i32> {
+    data.chunks_exact(4)
+        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// The CRC-32C this format records for a model's tensor data.
+pub fn checksum(mlp: &Mlp) -> u32 {
+    let mut d = CRC32C.digest();
+    for l in mlp.layers() {
+        for v in l.weights().iter().chain(l.bias()) {
+            d.update(&v.to_le_bytes());
+        }
+    }
+    d.finalize()
+}
+
+/// A model and the metadata that came with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    /// The network.
+    pub mlp: Mlp,
+    /// The `name` metadata, or empty.
+    pub name: String,
+    /// CRC-32C of the tensor data (also the model's identity in logs).
+    pub checksum: u32,
+}
+
+impl Model {
+    /// Parses and validates a model file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        if bytes.len() > MAX_FILE_SIZE {
+            return Err(ModelError::TooLarge(bytes.len()));
+        }
+        let (_, header) =
+            SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Container(e.to_string()))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| ModelError::Container(e.to_string()))?;
+        expect_meta(&header, "format", FORMAT)?;
+        expect_meta(&header, "format_version", FORMAT_VERSION)?;
+        expect_meta(&header, "fixed_point", FIXED_POINT)?;
+        let acts: Vec<&str> = meta(&header, "activations")?.split(',').map(str::trim).collect();
+        if acts.len() > MAX_LAYERS {
+            return Err(ShapeError::TooManyLayers(acts.len()).into());
+        }
+        let mut expected_names = Vec::new();
+        let mut layers = Vec::with_capacity(acts.len());
+        for (k, act) in acts.iter().enumerate() {
+            let activation = Activation::from_name(act).ok_or_else(|| ModelError::BadMetadata {
+                key: "activations",
+                value: act.to_string(),
+                expected: "`relu` or `identity` for each layer",
+            })?;
+            let (wn, bn) = (format!("layers.{k}.weight"), format!("layers.{k}.bias"));
+            let w = i32_tensor(&st, &wn)?;
+            let b = i32_tensor(&st, &bn)?;
+            let (out_dim, in_dim) = match *w.shape() {
+                [o, i] => (o, i),
+                _ => {
+                    return Err(ModelError::BadShape {
+                        tensor: wn,
+                        shape: w.shape().to_vec(),
+                        expected: "[out, in]".to_string(),
+                    })
+                }
+            };
+            if b.shape() != [out_dim] {
+                return Err(ModelError::BadShape {
+                    tensor: bn,
+                    shape: b.shape().to_vec(),
+                    expected: format!("[{out_dim}]"),
+                });
+            }
+            let layer = Layer::new(in_dim, out_dim, values(w.data()), values(b.data()), activation)
+                .map_err(|e| match e {
+                    ShapeError::BadDim { dim, .. } => ShapeError::BadDim { layer: k, dim },
+                    other => other,
+                })?;
+            layers.push(layer);
+            expected_names.push(wn);
+            expected_names.push(bn);
+        }
+        if let Some(extra) = st
+            .names()
+            .into_iter()
+            .find(|n| !expected_names.iter().any(|e| e == n))
+        {
+            return Err(ModelError::UnexpectedTensor(extra.to_string()));
+        }
+        let mlp = Mlp::new(layers)?;
+        let actual = checksum(&mlp);
+        let recorded = meta(&header, "checksum")?;
+        if recorded != format!("crc32c:{actual:08x}") {
+            return Err(ModelError::Checksum {
+                expected: recorded.to_string(),
+                actual,
+            });
+        }
+        let name = meta(&header, "name").unwrap_or("").to_string();
+        Ok(Self {
+            mlp,
+            name,
+            checksum: actual,
+        })
+    }
+
+    /// Wraps a network, computing its checksum.
+    pub fn new(mlp: Mlp, name: &str) -> Self {
+        let checksum = checksum(&mlp);
+        Self {
+            mlp,
+            name: name.to_string(),
+            checksum,
+        }
+    }
+
+    /// Serializes to the file format.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let layers = self.mlp.layers();
+        let bytes: Vec<(Vec<u8>, Vec<u8>)> = layers
+            .iter()
+            .map(|l| {
+                let le = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+                (le(l.weights()), le(l.bias()))
+            })
+            .collect();
+        let mut tensors = Vec::with_capacity(2 * layers.len());
+        for (k, (l, (w, b))) in layers.iter().zip(&bytes).enumerate() {
+            // The shapes match the data by construction of `Layer`.
+            let wv = TensorView::new(Dtype::I32, [l.out_dim(), l.in_dim()].to_vec(), w)
+                .expect("weight view");
+            let bv = TensorView::new(Dtype::I32, [l.out_dim()].to_vec(), b).expect("bias view");
+            tensors.push((format!("layers.{k}.weight"), wv));
+            tensors.push((format!("layers.{k}.bias"), bv));
+        }
+        let acts: Vec<&str> = layers.iter().map(|l| l.activation().name()).collect();
+        let metadata = [
+            ("format", FORMAT.to_string()),
+            ("format_version", FORMAT_VERSION.to_string()),
+            ("fixed_point", FIXED_POINT.to_string()),
+            ("activations", acts.join(",")),
+            ("checksum", format!("crc32c:{:08x}", self.checksum)),
+            ("name", self.name.clone()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        safetensors::serialize(tensors, Some(metadata)).expect("serializing in memory cannot fail")
+    }
+}
+
+#[cfg(feature = "std")]
+impl Model {
+    /// Reads and validates a model file.
+    pub fn load(path: &std::path::Path) -> Result<Self, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
+        if meta.len() > MAX_FILE_SIZE as u64 {
+            return Err(LoadError::Model(path.display().to_string(), ModelError::TooLarge(meta.len() as usize)));
+        }
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
+        Self::from_bytes(&bytes).map_err(|e| LoadError::Model(path.display().to_string(), e))
+    }
+}
+
+/// Why a model file could not be loaded from disk.
+#[cfg(feature = "std")]
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    /// The file is not a valid model.
+    #[error("{0}: {1}")]
+    Model(String, #[source] ModelError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn sample() -> Model {
+        let l0 = Layer::new(3, 2, vec![1, -2, 3, i32::MIN, i32::MAX, 0], vec![5, -6], Activation::Relu)
+            .unwrap();
+        let l1 = Layer::new(2, 1, vec![7, 8], vec![9], Activation::Identity).unwrap();
+        Model::new(Mlp::new(vec![l0, l1]).unwrap(), "sample")
+    }
+
+    /// Rewrites a file's JSON header with `edit` (the data is kept).
+    fn with_header(bytes: &[u8], edit: impl Fn(String) -> String) -> Vec<u8> {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+        let new = edit(header).into_bytes();
+        let mut out = (new.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&new);
+        out.extend_from_slice(&bytes[8 + n..]);
+        out
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let back = Model::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.mlp.dims(), vec![3, 2, 1]);
+    }
+
+    #[test]
+    fn corrupt_data_fails_the_checksum() {
+        let mut b = sample().to_bytes();
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert!(matches!(Model::from_bytes(&b), Err(ModelError::Checksum { .. })));
+    }
+
+    #[test]
+    fn malformed_files_are_refused_with_reasons() {
+        let good = sample().to_bytes();
+        assert!(matches!(Model::from_bytes(&[]), Err(ModelError::Container(_))));
+        assert!(matches!(Model::from_bytes(&good[..good.len() - 4]), Err(ModelError::Container(_))));
+        let cases: [(&str, &str, ModelError); 5] = [
+            (
+                "\"format_version\":\"1\"",
+                "\"format_version\":\"2\"",
+                ModelError::BadMetadata {
+                    key: "format_version",
+                    value: "2".into(),
+                    expected: FORMAT_VERSION,
+                },
+            ),
+            (
+                "\"fixed_point\":\"q16.16\"",
+                "\"fixed_point\":\"q8.8\"",
+                ModelError::BadMetadata {
+                    key: "fixed_point",
+                    value: "q8.8".into(),
+                    expected: FIXED_POINT,
+                },
+            ),
+            (
+                "\"format\":\"virtio-nn\"",
+                "\"formal\":\"virtio-nn\"",
+                ModelError::MissingMetadata("format"),
+            ),
+            (
+                "relu,identity",
+                "relu,sigmoid",
+                ModelError::BadMetadata {
+                    key: "activations",
+                    value: "sigmoid".into(),
+                    expected: "`relu` or `identity` for each layer",
+                },
+            ),
+            (
+                "relu,identity",
+                "relu,identity,relu",
+                ModelError::MissingTensor("layers.2.weight".into()),
+            ),
+        ];
+        for (from, to, want) in cases {
+            let b = with_header(&good, |h| {
+                assert!(h.contains(from), "{from} not in {h}");
+                h.replace(from, to)
+            });
+            assert_eq!(Model::from_bytes(&b), Err(want), "{from} -> {to}");
+        }
+        let b = with_header(&good, |h| h.replace("\"dtype\":\"I32\"", "\"dtype\":\"F32\""));
+        assert!(matches!(Model::from_bytes(&b), Err(ModelError::BadDtype { .. })));
+        let b = with_header(&good, |h| h.replacen("layers.1.bias", "layers.1.bias_extra", 1));
+        assert!(matches!(Model::from_bytes(&b), Err(ModelError::MissingTensor(t)) if t == "layers.1.bias"));
+    }
+
+    #[test]
+    fn mismatched_chain_is_refused() {
+        // Layer 0 gives 2 outputs, layer 1 takes 3 inputs: each tensor is
+        // consistent on its own, so only the chain check can catch it.
+        let tensors: [(&str, Vec<usize>, Vec<i32>); 4] = [
+            ("layers.0.weight", vec![2, 3], vec![1; 6]),
+            ("layers.0.bias", vec![2], vec![0; 2]),
+            ("layers.1.weight", vec![1, 3], vec![1; 3]),
+            ("layers.1.bias", vec![1], vec![0]),
+        ];
+        let data: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            .collect();
+        let crc = CRC32C.checksum(&data.concat());
+        let views = tensors
+            .iter()
+            .zip(&data)
+            .map(|((n, s, _), d)| (*n, TensorView::new(Dtype::I32, s.clone(), d).unwrap()));
+        let metadata = [
+            ("format", FORMAT.to_string()),
+            ("format_version", FORMAT_VERSION.to_string()),
+            ("fixed_point", FIXED_POINT.to_string()),
+            ("activations", "relu,identity".to_string()),
+            ("checksum", format!("crc32c:{crc:08x}")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let b = safetensors::serialize(views, Some(metadata)).unwrap();
+        assert_eq!(
+            Model::from_bytes(&b),
+            Err(ModelError::Shape(ShapeError::Chain {
+                layer: 1,
+                got: 3,
+                expected: 2
+            }))
+        );
+    }
+}

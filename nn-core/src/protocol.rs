@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The virtio-nn device protocol: the one definition of the wire format.
+//!
+//! This file is used by every side of the device: the vhost-user daemon and
+//! the host tests through `nn_core::protocol`, and the guest kernel module,
+//! which includes this very file with `#[path = ...] mod protocol;`. It must
+//! therefore depend on nothing but `core`: no allocation, no `std`, no other
+//! module of this crate, no `unsafe`.
+//!
+//! The prose specification, with pictures of every layout, is
+//! `nn-core/PROTOCOL.md`. In short, all fields are little-endian:
+//!
+//! * The device is a virtio device with id [`VIRTIO_ID_NN`], exposed by QEMU's
+//!   `vhost-user-test-device-pci`.
+//! * Config space ([`CONFIG_SIZE`] bytes, read-only) holds a magic, the protocol
+//!   version, the model generation, the device status, the layer dims and the
+//!   limits. Multi-field reads are made consistent with the generation: read
+//!   it, read the fields, read it again and retry if it changed.
+//! * Each request is one descriptor chain: a device-readable part holding a
+//!   [`RequestHeader`] followed by `num_samples * in_dim` Q16.16 inputs, then a
+//!   device-writable part with room for a [`ResponseHeader`] followed by
+//!   `num_samples * out_dim` Q16.16 outputs. Either part may be split over any
+//!   number of descriptors.
+
+#![allow(dead_code)]
+
+/// Virtio device id of the device. Linux assigns 38 to the "parameter server"
+/// device, which no Linux driver claims and QEMU accepts; virtio-nn borrows it.
+pub const VIRTIO_ID_NN: u32 = 38;
+
+/// `"VNN1"` as a little-endian `u32`: the first config-space field.
+pub const CONFIG_MAGIC: u32 = u32::from_le_bytes(*b"VNN1");
+
+/// Version of this protocol, in config space at [`cfg::VERSION`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Number of fractional bits of the Q16.16 values on the wire.
+pub const FRAC_BITS: u32 = 16;
+
+/// Most dense layers a model on the wire may have (the config space has room
+/// for `MAX_LAYERS + 1` dims).
+pub const MAX_LAYERS: usize = 7;
+
+/// Largest width of any layer (inputs, hidden or outputs).
+pub const MAX_DIM: u32 = 4096;
+
+/// Most samples one request may carry.
+pub const MAX_BATCH: u32 = 4096;
+
+/// Size in bytes of the config space.
+pub const CONFIG_SIZE: usize = 64;
+
+/// Byte offsets of the config-space fields; every field is a `u32` (le32).
+pub mod cfg {
+    /// [`super::CONFIG_MAGIC`].
+    pub const MAGIC: usize = 0;
+    /// [`super::PROTOCOL_VERSION`].
+    pub const VERSION: usize = 4;
+    /// Model generation: starts at 1 and grows by one at every model change.
+    pub const GENERATION: usize = 8;
+    /// Device status, one of the `super::DEVICE_STATUS_*` values.
+    pub const STATUS: usize = 12;
+    /// Number of dense layers of the model, `1..=MAX_LAYERS`.
+    pub const NUM_LAYERS: usize = 16;
+    /// Most samples the device accepts in one request.
+    pub const MAX_BATCH: usize = 20;
+    /// Number of request queues the device serves (queues `0..n`).
+    pub const NUM_REQ_QUEUES: usize = 24;
+    /// Reserved, reads as zero.
+    pub const RESERVED: usize = 28;
+    /// `dims[i]`, `i in 0..=NUM_LAYERS`, at `DIMS + 4 * i`: `dims[0]` is the
+    /// input width, `dims[NUM_LAYERS]` the output width. Unused slots are 0.
+    pub const DIMS: usize = 32;
+}
+
+/// Device status: a model is loaded and requests are served.
+pub const DEVICE_STATUS_READY: u32 = 0;
+/// Device status: no model is loaded; requests get [`STATUS_NO_MODEL`].
+pub const DEVICE_STATUS_NO_MODEL: u32 = 1;
+/// Device status: the device is failing (health check failed).
+pub const DEVICE_STATUS_ERROR: u32 = 2;
+
+/// Opcode: run the model on every sample of the request.
+pub const OP_PREDICT: u32 = 1;
+/// Opcode: the same path as [`OP_PREDICT`] without inference; the response
+/// carries the header only (`out_dim` 0). For measuring the transport.
+pub const OP_NULL: u32 = 2;
+
+/// Response status: success.
+pub const STATUS_OK: u32 = 0;
+/// The readable part is shorter than a header, or its length does not match
+/// the header's `num_samples * in_dim`.
+pub const STATUS_MALFORMED: u32 = 1;
+/// Unknown opcode, or non-zero flags.
+pub const STATUS_UNSUPPORTED: u32 = 2;
+/// `in_dim` is not the input width of the current model.
+pub const STATUS_BAD_DIMS: u32 = 3;
+/// `num_samples` is 0 or above the device's max batch.
+pub const STATUS_BAD_BATCH: u32 = 4;
+/// The writable part cannot hold the outputs (the header was written).
+pub const STATUS_NO_SPACE: u32 = 5;
+/// No model is loaded.
+pub const STATUS_NO_MODEL: u32 = 6;
+/// The device could not access the request's memory or failed internally.
+pub const STATUS_DEVICE_ERROR: u32 = 7;
+
+/// A short name for a response status, for logs and error messages.
+pub const fn status_name(status: u32) -> &'static str {
+    match status {
+        STATUS_OK => "ok",
+        STATUS_MALFORMED => "malformed request",
+        STATUS_UNSUPPORTED => "unsupported opcode or flags",
+        STATUS_BAD_DIMS => "input width does not match the model",
+        STATUS_BAD_BATCH => "bad sample count",
+        STATUS_NO_SPACE => "response buffer too small",
+        STATUS_NO_MODEL => "no model loaded",
+        STATUS_DEVICE_ERROR => "device error",
+        _ => "unknown status",
+    }
+}
+
+fn le32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+fn le64(b: &[u8], off: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[off..off + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn put32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// The first bytes of the device-readable part of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestHeader {
+    /// [`OP_PREDICT`] or [`OP_NULL`].
+    pub opcode: u32,
+    /// Must be 0 in this version.
+    pub flags: u32,
+    /// Chosen by the driver, echoed in the response.
+    pub id: u64,
+    /// Samples in this request, `1..=max_batch`.
+    pub num_samples: u32,
+    /// Width of each sample; must equal the model's input width.
+    pub in_dim: u32,
+}
+
+impl RequestHeader {
+    /// Encoded size in bytes.
+    pub const SIZE: usize = 24;
+
+    /// Decodes a header.
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            opcode: le32(b, 0),
+            flags: le32(b, 4),
+            id: le64(b, 8),
+            num_samples: le32(b, 16),
+            in_dim: le32(b, 20),
+        }
+    }
+
+    /// Encodes a header.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put32(&mut b, 0, self.opcode);
+        put32(&mut b, 4, self.flags);
+        b[8..16].copy_from_slice(&self.id.to_le_bytes());
+        put32(&mut b, 16, self.num_samples);
+        put32(&mut b, 20, self.in_dim);
+        b
+    }
+
+    /// Bytes of input values that must follow the header, or `None` on
+    /// overflow.
+    pub fn payload_len(&self) -> Option<usize> {
+        (self.num_samples as usize)
+            .checked_mul(self.in_dim as usize)?
+            .checked_mul(4)
+    }
+}
+
+/// The first bytes of the device-writable part of a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResponseHeader {
+    /// One of the `STATUS_*` values.
+    pub status: u32,
+    /// Model generation that answered (the current one for errors).
+    pub generation: u32,
+    /// The request's id (0 when the request header could not be read).
+    pub id: u64,
+    /// Samples answered: the request's count on success, else 0.
+    pub num_samples: u32,
+    /// Width of each answer (0 unless the status is [`STATUS_OK`] and the
+    /// opcode [`OP_PREDICT`]).
+    pub out_dim: u32,
+}
+
+impl ResponseHeader {
+    /// Encoded size in bytes.
+    pub const SIZE: usize = 24;
+
+    /// Decodes a header.
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            status: le32(b, 0),
+            generation: le32(b, 4),
+            id: le64(b, 8),
+            num_samples: le32(b, 16),
+            out_dim: le32(b, 20),
+        }
+    }
+
+    /// Encodes a header.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put32(&mut b, 0, self.status);
+        put32(&mut b, 4, self.generation);
+        b[8..16].copy_from_slice(&self.id.to_le_bytes());
+        put32(&mut b, 16, self.num_samples);
+        put32(&mut b, 20, self.out_dim);
+        b
+    }
+
+    /// Bytes of output values that follow the header.
+    pub fn payload_len(&self) -> usize {
+        self.num_samples as usize * self.out_dim as usize * 4
+    }
+}
+
+/// The config space, decoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceConfig {
+    /// [`CONFIG_MAGIC`] for a virtio-nn device.
+    pub magic: u32,
+    /// [`PROTOCOL_VERSION`] for this protocol.
+    pub version: u32,
+    /// Model generation.
+    pub generation: u32,
+    /// One of the `DEVICE_STATUS_*` values.
+    pub status: u32,
+    /// Number of dense layers.
+    pub num_layers: u32,
+    /// Most samples per request.
+    pub max_batch: u32,
+    /// Number of request queues.
+    pub num_req_queues: u32,
+    /// Layer widths, `dims[0]` the input width; `num_layers + 1` are used.
+    pub dims: [u32; MAX_LAYERS + 1],
+}
+
+/// Why a config space is not one this protocol can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The magic is not [`CONFIG_MAGIC`].
+    BadMagic(u32),
+    /// The version is not [`PROTOCOL_VERSION`].
+    BadVersion(u32),
+    /// The layer count is 0 or above [`MAX_LAYERS`] while the status is ready.
+    BadLayers(u32),
+    /// A used dim is 0 or above [`MAX_DIM`].
+    BadDim(u32),
+}
+
+impl DeviceConfig {
+    /// Decodes the config space.
+    pub fn from_bytes(b: &[u8; CONFIG_SIZE]) -> Self {
+        let mut dims = [0u32; MAX_LAYERS + 1];
+        for (i, d) in dims.iter_mut().enumerate() {
+            *d = le32(b, cfg::DIMS + 4 * i);
+        }
+        Self {
+            magic: le32(b, cfg::MAGIC),
+            version: le32(b, cfg::VERSION),
+            generation: le32(b, cfg::GENERATION),
+            status: le32(b, cfg::STATUS),
+            num_layers: le32(b, cfg::NUM_LAYERS),
+            max_batch: le32(b, cfg::MAX_BATCH),
+            num_req_queues: le32(b, cfg::NUM_REQ_QUEUES),
+            dims,
+        }
+    }
+
+    /// Encodes the config space.
+    pub fn to_bytes(&self) -> [u8; CONFIG_SIZE] {
+        let mut b = [0u8; CONFIG_SIZE];
+        put32(&mut b, cfg::MAGIC, self.magic);
+        put32(&mut b, cfg::VERSION, self.version);
+        put32(&mut b, cfg::GENERATION, self.generation);
+        put32(&mut b, cfg::STATUS, self.status);
+        put32(&mut b, cfg::NUM_LAYERS, self.num_layers);
+        put32(&mut b, cfg::MAX_BATCH, self.max_batch);
+        put32(&mut b, cfg::NUM_REQ_QUEUES, self.num_req_queues);
+        for (i, d) in self.dims.iter().enumerate() {
+            put32(&mut b, cfg::DIMS + 4 * i, *d);
+        }
+        b
+    }
+
+    /// Checks what a driver relies on: magic, version and, when a model is
+    /// loaded, the layer count and dims.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.magic != CONFIG_MAGIC {
+            return Err(ConfigError::BadMagic(self.magic));
+        }
+        if self.version != PROTOCOL_VERSION {
+            return Err(ConfigError::BadVersion(self.version));
+        }
+        if self.status == DEVICE_STATUS_NO_MODEL {
+            return Ok(());
+        }
+        if self.num_layers == 0 || self.num_layers as usize > MAX_LAYERS {
+            return Err(ConfigError::BadLayers(self.num_layers));
+        }
+        for &d in &self.dims[..=self.num_layers as usize] {
+            if d == 0 || d > MAX_DIM {
+                return Err(ConfigError::BadDim(d));
+            }
+        }
+        Ok(())
+    }
+
+    /// Input width of the model.
+    pub fn input_dim(&self) -> u32 {
+        self.dims[0]
+    }
+
+    /// Output width of the model.
+    pub fn output_dim(&self) -> u32 {
+        self.dims[(self.num_layers as usize).min(MAX_LAYERS)]
+    }
+}
+
+/// Encodes Q16.16 values as the little-endian bytes of a request or response.
+pub fn encode_values(values: &[i32], out: &mut [u8]) {
+    for (v, b) in values.iter().zip(out.chunks_exact_mut(4)) {
+        b.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Decodes little-endian Q16.16 values.
+pub fn decode_values(bytes: &[u8], out: &mut [i32]) {
+    for (v, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+        *v = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let r = RequestHeader {
+            opcode: OP_PREDICT,
+            flags: 0,
+            id: 0x0102_0304_0506_0708,
+            num_samples: 3,
+            in_dim: 16,
+        };
+        let b = r.to_bytes();
+        assert_eq!(&b[8..16], &[8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(RequestHeader::from_bytes(&b), r);
+        assert_eq!(r.payload_len(), Some(3 * 16 * 4));
+        let s = ResponseHeader {
+            status: STATUS_BAD_DIMS,
+            generation: 9,
+            id: u64::MAX,
+            num_samples: 0,
+            out_dim: 0,
+        };
+        assert_eq!(ResponseHeader::from_bytes(&s.to_bytes()), s);
+    }
+
+    #[test]
+    fn payload_len_overflow_is_none_not_a_wrap() {
+        let r = RequestHeader {
+            num_samples: u32::MAX,
+            in_dim: u32::MAX,
+            ..Default::default()
+        };
+        if usize::BITS == 64 {
+            // 2^64 * 4 does not fit.
+            assert_eq!(r.payload_len(), None);
+        }
+    }
+
+    #[test]
+    fn config_layout_and_validation() {
+        let mut c = DeviceConfig {
+            magic: CONFIG_MAGIC,
+            version: PROTOCOL_VERSION,
+            generation: 1,
+            status: DEVICE_STATUS_READY,
+            num_layers: 2,
+            max_batch: MAX_BATCH,
+            num_req_queues: 1,
+            dims: [16, 32, 4, 0, 0, 0, 0, 0],
+        };
+        let b = c.to_bytes();
+        assert_eq!(&b[0..4], b"VNN1");
+        assert_eq!(le32(&b, cfg::DIMS + 8), 4);
+        assert_eq!(DeviceConfig::from_bytes(&b), c);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!((c.input_dim(), c.output_dim()), (16, 4));
+        c.dims[2] = 0;
+        assert_eq!(c.validate(), Err(ConfigError::BadDim(0)));
+        c.num_layers = 8;
+        assert_eq!(c.validate(), Err(ConfigError::BadLayers(8)));
+        c.magic = 0;
+        assert_eq!(c.validate(), Err(ConfigError::BadMagic(0)));
+    }
+
+    #[test]
+    fn values_round_trip() {
+        let v = [i32::MIN, -1, 0, 1, i32::MAX];
+        let mut b = [0u8; 20];
+        encode_values(&v, &mut b);
+        let mut w = [0i32; 5];
+        decode_values(&b, &mut w);
+        assert_eq!(v, w);
+    }
+}
