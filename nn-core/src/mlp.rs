@@ -330,7 +330,14 @@ mod tests {
             Activation::Relu,
         )
         .unwrap();
-        let l1 = Layer::new(2, 1, vec![ONE, -3 * ONE], vec![ONE / 4], Activation::Identity).unwrap();
+        let l1 = Layer::new(
+            2,
+            1,
+            vec![ONE, -3 * ONE],
+            vec![ONE / 4],
+            Activation::Identity,
+        )
+        .unwrap();
         Mlp::new(vec![l0, l1]).unwrap()
     }
 

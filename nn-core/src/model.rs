@@ -104,7 +104,10 @@ pub enum ModelError {
     Shape(#[from] ShapeError),
 }
 
-fn meta<'a>(st: &'a safetensors::tensor::Metadata, key: &'static str) -> Result<&'a str, ModelError> {
+fn meta<'a>(
+    st: &'a safetensors::tensor::Metadata,
+    key: &'static str,
+) -> Result<&'a str, ModelError> {
     st.metadata()
         .as_ref()
         .and_then(|m| m.get(key))
@@ -182,7 +185,10 @@ impl Model {
         expect_meta(&header, "format", FORMAT)?;
         expect_meta(&header, "format_version", FORMAT_VERSION)?;
         expect_meta(&header, "fixed_point", FIXED_POINT)?;
-        let acts: Vec<&str> = meta(&header, "activations")?.split(',').map(str::trim).collect();
+        let acts: Vec<&str> = meta(&header, "activations")?
+            .split(',')
+            .map(str::trim)
+            .collect();
         if acts.len() > MAX_LAYERS {
             return Err(ShapeError::TooManyLayers(acts.len()).into());
         }
@@ -214,11 +220,17 @@ impl Model {
                     expected: format!("[{out_dim}]"),
                 });
             }
-            let layer = Layer::new(in_dim, out_dim, values(w.data()), values(b.data()), activation)
-                .map_err(|e| match e {
-                    ShapeError::BadDim { dim, .. } => ShapeError::BadDim { layer: k, dim },
-                    other => other,
-                })?;
+            let layer = Layer::new(
+                in_dim,
+                out_dim,
+                values(w.data()),
+                values(b.data()),
+                activation,
+            )
+            .map_err(|e| match e {
+                ShapeError::BadDim { dim, .. } => ShapeError::BadDim { layer: k, dim },
+                other => other,
+            })?;
             layers.push(layer);
             expected_names.push(wn);
             expected_names.push(bn);
@@ -296,11 +308,16 @@ impl Model {
 impl Model {
     /// Reads and validates a model file.
     pub fn load(path: &std::path::Path) -> Result<Self, LoadError> {
-        let meta = std::fs::metadata(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
         if meta.len() > MAX_FILE_SIZE as u64 {
-            return Err(LoadError::Model(path.display().to_string(), ModelError::TooLarge(meta.len() as usize)));
+            return Err(LoadError::Model(
+                path.display().to_string(),
+                ModelError::TooLarge(meta.len() as usize),
+            ));
         }
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
         Self::from_bytes(&bytes).map_err(|e| LoadError::Model(path.display().to_string(), e))
     }
 }
@@ -323,8 +340,14 @@ mod tests {
     use alloc::vec;
 
     fn sample() -> Model {
-        let l0 = Layer::new(3, 2, vec![1, -2, 3, i32::MIN, i32::MAX, 0], vec![5, -6], Activation::Relu)
-            .unwrap();
+        let l0 = Layer::new(
+            3,
+            2,
+            vec![1, -2, 3, i32::MIN, i32::MAX, 0],
+            vec![5, -6],
+            Activation::Relu,
+        )
+        .unwrap();
         let l1 = Layer::new(2, 1, vec![7, 8], vec![9], Activation::Identity).unwrap();
         Model::new(Mlp::new(vec![l0, l1]).unwrap(), "sample")
     }
@@ -353,14 +376,23 @@ mod tests {
         let mut b = sample().to_bytes();
         let last = b.len() - 1;
         b[last] ^= 1;
-        assert!(matches!(Model::from_bytes(&b), Err(ModelError::Checksum { .. })));
+        assert!(matches!(
+            Model::from_bytes(&b),
+            Err(ModelError::Checksum { .. })
+        ));
     }
 
     #[test]
     fn malformed_files_are_refused_with_reasons() {
         let good = sample().to_bytes();
-        assert!(matches!(Model::from_bytes(&[]), Err(ModelError::Container(_))));
-        assert!(matches!(Model::from_bytes(&good[..good.len() - 4]), Err(ModelError::Container(_))));
+        assert!(matches!(
+            Model::from_bytes(&[]),
+            Err(ModelError::Container(_))
+        ));
+        assert!(matches!(
+            Model::from_bytes(&good[..good.len() - 4]),
+            Err(ModelError::Container(_))
+        ));
         let cases: [(&str, &str, ModelError); 5] = [
             (
                 "\"format_version\":\"1\"",
@@ -407,10 +439,19 @@ mod tests {
             });
             assert_eq!(Model::from_bytes(&b), Err(want), "{from} -> {to}");
         }
-        let b = with_header(&good, |h| h.replace("\"dtype\":\"I32\"", "\"dtype\":\"F32\""));
-        assert!(matches!(Model::from_bytes(&b), Err(ModelError::BadDtype { .. })));
-        let b = with_header(&good, |h| h.replacen("layers.1.bias", "layers.1.bias_extra", 1));
-        assert!(matches!(Model::from_bytes(&b), Err(ModelError::MissingTensor(t)) if t == "layers.1.bias"));
+        let b = with_header(&good, |h| {
+            h.replace("\"dtype\":\"I32\"", "\"dtype\":\"F32\"")
+        });
+        assert!(matches!(
+            Model::from_bytes(&b),
+            Err(ModelError::BadDtype { .. })
+        ));
+        let b = with_header(&good, |h| {
+            h.replacen("layers.1.bias", "layers.1.bias_extra", 1)
+        });
+        assert!(
+            matches!(Model::from_bytes(&b), Err(ModelError::MissingTensor(t)) if t == "layers.1.bias")
+        );
     }
 
     #[test]

@@ -73,11 +73,18 @@ fn generate(dims: &[usize], seed: u64, name: &str) -> Result<Model, String> {
             let mut q = |b: f64| fixed::from_f64(rng.random_range(-b..b)).expect("in range");
             let w = (0..i * o).map(|_| q(bound)).collect();
             let b = (0..o).map(|_| q(0.1)).collect();
-            let act = if k == last { Activation::Identity } else { Activation::Relu };
+            let act = if k == last {
+                Activation::Identity
+            } else {
+                Activation::Relu
+            };
             Layer::new(i, o, w, b, act).map_err(|e| format!("layer {k}: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Model::new(Mlp::new(layers).map_err(|e| e.to_string())?, name))
+    Ok(Model::new(
+        Mlp::new(layers).map_err(|e| e.to_string())?,
+        name,
+    ))
 }
 
 fn parse_inputs(s: &str, q16: bool) -> Result<Vec<i32>, String> {
@@ -108,12 +115,22 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let m = generate(&dims, seed, &name)?;
             std::fs::write(&out, m.to_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
-            println!("wrote {} ({:?}, crc32c:{:08x})", out.display(), m.mlp.dims(), m.checksum);
+            println!(
+                "wrote {} ({:?}, crc32c:{:08x})",
+                out.display(),
+                m.mlp.dims(),
+                m.checksum
+            );
         }
         Cmd::Info { model } => {
             let m = Model::load(&model).map_err(|e| e.to_string())?;
             let dims: Vec<String> = m.mlp.dims().iter().map(|d| d.to_string()).collect();
-            let acts: Vec<&str> = m.mlp.layers().iter().map(|l| l.activation().name()).collect();
+            let acts: Vec<&str> = m
+                .mlp
+                .layers()
+                .iter()
+                .map(|l| l.activation().name())
+                .collect();
             println!("name: {}", m.name);
             println!("dims: {}", dims.join("x"));
             println!("activations: {}", acts.join(","));

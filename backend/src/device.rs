@@ -1,0 +1,486 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Device logic: the served model, the config space, and turning one
+//! descriptor chain into one response.
+//!
+//! Everything a guest sends is untrusted: every length, dim and count is
+//! checked before use, and every failure that leaves room for a response
+//! header is answered with an error status (see `nn-core/PROTOCOL.md`).
+
+use std::io::{Read, Write};
+use std::sync::{Arc, RwLock};
+
+use log::{debug, warn};
+use nn_core::protocol::{
+    self, DeviceConfig, RequestHeader, ResponseHeader, CONFIG_MAGIC, CONFIG_SIZE, MAX_BATCH,
+    MAX_LAYERS, OP_NULL, OP_PREDICT, PROTOCOL_VERSION,
+};
+use nn_core::{Model, Scratch};
+use virtio_queue::{DescriptorChain, Reader};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+/// Guest memory as the daemon sees it.
+pub type GuestMemory = GuestMemoryMmap<()>;
+/// A snapshot of guest memory.
+pub type GuestMemoryRef = <GuestMemoryAtomic<GuestMemory> as GuestAddressSpace>::T;
+
+/// A model and the generation it is served under.
+#[derive(Debug)]
+pub struct Served {
+    /// The model.
+    pub model: Model,
+    /// Generation number announced in config space and in responses.
+    pub generation: u32,
+}
+
+/// State shared by all queues and connections of one daemon.
+#[derive(Debug)]
+pub struct NnDevice {
+    served: RwLock<Arc<Served>>,
+    num_req_queues: u32,
+}
+
+/// Per-worker reusable buffers, so the data path does not allocate per request.
+#[derive(Default)]
+pub struct Buffers {
+    bytes: Vec<u8>,
+    inputs: Vec<i32>,
+    outputs: Vec<i32>,
+    scratch: Scratch,
+}
+
+/// What processing a chain produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes written into the chain's device-writable part (the used length).
+    pub used_len: u32,
+    /// The status sent, or `None` if not even a header fit.
+    pub status: Option<u32>,
+}
+
+impl NnDevice {
+    /// A device serving `model` as generation 1.
+    pub fn new(model: Model, num_req_queues: u32) -> Self {
+        Self {
+            served: RwLock::new(Arc::new(Served {
+                model,
+                generation: 1,
+            })),
+            num_req_queues,
+        }
+    }
+
+    /// The model currently served. Requests keep the `Arc` they started with.
+    pub fn current(&self) -> Arc<Served> {
+        // A poisoned lock only means a panic elsewhere; the Arc inside is intact.
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The config space as the guest sees it now.
+    pub fn config(&self) -> DeviceConfig {
+        let served = self.current();
+        let dims = served.model.mlp.dims();
+        let mut cfg_dims = [0u32; MAX_LAYERS + 1];
+        for (d, &v) in cfg_dims.iter_mut().zip(&dims) {
+            *d = v as u32;
+        }
+        DeviceConfig {
+            magic: CONFIG_MAGIC,
+            version: PROTOCOL_VERSION,
+            generation: served.generation,
+            status: protocol::DEVICE_STATUS_READY,
+            num_layers: (dims.len() - 1) as u32,
+            max_batch: MAX_BATCH,
+            num_req_queues: self.num_req_queues,
+            dims: cfg_dims,
+        }
+    }
+
+    /// `size` bytes of config space from `offset`; out-of-range bytes read
+    /// as nothing (an empty reply), as for any vhost-user device.
+    pub fn read_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let bytes = self.config().to_bytes();
+        let (start, len) = (offset as usize, size as usize);
+        match start.checked_add(len) {
+            Some(end) if end <= CONFIG_SIZE => bytes[start..end].to_vec(),
+            _ => {
+                warn!("guest read config [{offset}, +{size}) outside {CONFIG_SIZE} bytes");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Handles one request chain: reads the request, runs the model, writes
+    /// the response. Never panics on guest input.
+    pub fn process_chain(
+        &self,
+        chain: DescriptorChain<GuestMemoryRef>,
+        mem: &GuestMemory,
+        buf: &mut Buffers,
+    ) -> Outcome {
+        let reader = chain.clone().reader(mem);
+        let mut writer = match chain.writer(mem) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!("request without usable writable descriptors: {e}");
+                return Outcome {
+                    used_len: 0,
+                    status: None,
+                };
+            }
+        };
+        if writer.available_bytes() < ResponseHeader::SIZE {
+            warn!(
+                "writable part of {} bytes cannot hold a response header",
+                writer.available_bytes()
+            );
+            return Outcome {
+                used_len: 0,
+                status: None,
+            };
+        }
+        let served = self.current();
+        let (mut resp, outputs) = match reader {
+            Ok(mut reader) => self.answer(&served, &mut reader, writer.available_bytes(), buf),
+            Err(e) => {
+                warn!("request with unreadable descriptors: {e}");
+                (error(&served, 0, protocol::STATUS_DEVICE_ERROR), false)
+            }
+        };
+        if resp.status != protocol::STATUS_OK {
+            debug!(
+                "request {} answered with {}",
+                resp.id,
+                protocol::status_name(resp.status)
+            );
+        }
+        let payload = if outputs {
+            let n = buf.outputs.len() * 4;
+            buf.bytes.resize(n, 0);
+            protocol::encode_values(&buf.outputs, &mut buf.bytes);
+            &buf.bytes[..n]
+        } else {
+            &[][..]
+        };
+        let written = writer
+            .write_all(&resp.to_bytes())
+            .and_then(|()| writer.write_all(payload));
+        if let Err(e) = written {
+            // Room was checked above, so only a memory fault gets here.
+            warn!("writing response {}: {e}", resp.id);
+            resp.status = protocol::STATUS_DEVICE_ERROR;
+        }
+        Outcome {
+            used_len: writer.bytes_written() as u32,
+            status: Some(resp.status),
+        }
+    }
+
+    /// Decides the response header; on success leaves the outputs in
+    /// `buf.outputs` and returns `true` as the second value.
+    fn answer(
+        &self,
+        served: &Served,
+        reader: &mut Reader<'_>,
+        room: usize,
+        buf: &mut Buffers,
+    ) -> (ResponseHeader, bool) {
+        let mut hb = [0u8; RequestHeader::SIZE];
+        if reader.available_bytes() < RequestHeader::SIZE || reader.read_exact(&mut hb).is_err() {
+            return (error(served, 0, protocol::STATUS_MALFORMED), false);
+        }
+        let req = RequestHeader::from_bytes(&hb);
+        let err = |status| (error(served, req.id, status), false);
+        if req.flags != 0 || !matches!(req.opcode, OP_PREDICT | OP_NULL) {
+            return err(protocol::STATUS_UNSUPPORTED);
+        }
+        let mlp = &served.model.mlp;
+        if req.num_samples == 0 || req.num_samples > MAX_BATCH {
+            return err(protocol::STATUS_BAD_BATCH);
+        }
+        if req.in_dim as usize != mlp.input_dim() {
+            return err(protocol::STATUS_BAD_DIMS);
+        }
+        // Bounded by MAX_BATCH * MAX_DIM * 4, so no overflow.
+        let in_len = req.num_samples as usize * mlp.input_dim() * 4;
+        if reader.available_bytes() != in_len {
+            return err(protocol::STATUS_MALFORMED);
+        }
+        let out_dim = if req.opcode == OP_PREDICT {
+            mlp.output_dim()
+        } else {
+            0
+        };
+        let out_len = req.num_samples as usize * out_dim * 4;
+        if room < ResponseHeader::SIZE + out_len {
+            return err(protocol::STATUS_NO_SPACE);
+        }
+        buf.bytes.resize(in_len, 0);
+        if reader.read_exact(&mut buf.bytes).is_err() {
+            return err(protocol::STATUS_DEVICE_ERROR);
+        }
+        let ok = ResponseHeader {
+            status: protocol::STATUS_OK,
+            generation: served.generation,
+            id: req.id,
+            num_samples: req.num_samples,
+            out_dim: out_dim as u32,
+        };
+        if req.opcode == OP_NULL {
+            buf.outputs.clear();
+            return (ok, false);
+        }
+        buf.inputs.resize(in_len / 4, 0);
+        protocol::decode_values(&buf.bytes, &mut buf.inputs);
+        buf.outputs.resize(out_len / 4, 0);
+        match mlp.predict_batch(&buf.inputs, &mut buf.outputs, &mut buf.scratch) {
+            Ok(()) => (ok, true),
+            Err(e) => {
+                // Shapes were checked above; this would be a daemon bug.
+                warn!("request {}: {e}", req.id);
+                err(protocol::STATUS_DEVICE_ERROR)
+            }
+        }
+    }
+}
+
+fn error(served: &Served, id: u64, status: u32) -> ResponseHeader {
+    ResponseHeader {
+        status,
+        generation: served.generation,
+        id,
+        num_samples: 0,
+        out_dim: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nn_core::fixed::ONE;
+    use nn_core::{Activation, Layer, Mlp};
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::QueueOwnedT;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const REQ: u64 = 0x10_0000;
+    const RESP: u64 = 0x20_0000;
+
+    fn device() -> NnDevice {
+        // 3 -> 2 (relu) -> 2 (identity), small integer weights.
+        let l0 = Layer::new(
+            3,
+            2,
+            vec![ONE, 2 * ONE, -ONE, -ONE, ONE, ONE / 2],
+            vec![0, ONE],
+            Activation::Relu,
+        )
+        .unwrap();
+        let l1 = Layer::new(
+            2,
+            2,
+            vec![ONE, ONE, 2 * ONE, -ONE],
+            vec![0, 0],
+            Activation::Identity,
+        )
+        .unwrap();
+        NnDevice::new(Model::new(Mlp::new(vec![l0, l1]).unwrap(), "t"), 1)
+    }
+
+    fn request(opcode: u32, n: u32, in_dim: u32, inputs: &[i32]) -> Vec<u8> {
+        let h = RequestHeader {
+            opcode,
+            flags: 0,
+            id: 42,
+            num_samples: n,
+            in_dim,
+        };
+        let mut b = h.to_bytes().to_vec();
+        let mut v = vec![0u8; inputs.len() * 4];
+        protocol::encode_values(inputs, &mut v);
+        b.extend(v);
+        b
+    }
+
+    /// Runs one chain made of `descs` (addr, len, writable) over guest memory
+    /// holding `req` at REQ; returns the outcome and the response bytes.
+    fn run(dev: &NnDevice, req: &[u8], descs: &[(u64, u32, bool)]) -> (Outcome, Vec<u8>) {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        );
+        let m = mem.memory();
+        m.write_slice(req, GuestAddress(REQ)).unwrap();
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .map(|&(a, l, w)| {
+                let flags = if w { VRING_DESC_F_WRITE as u16 } else { 0 };
+                RawDescriptor::from(SplitDescriptor::new(a, l, flags, 0))
+            })
+            .collect();
+        let q = MockSplitQueue::new(&*m, 16);
+        q.build_desc_chain(&raw).unwrap();
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        let chain = queue.iter(m.clone()).unwrap().next().unwrap();
+        let out = dev.process_chain(chain, &m, &mut Buffers::default());
+        let mut resp = vec![0u8; out.used_len as usize];
+        m.read_slice(&mut resp, GuestAddress(RESP)).unwrap();
+        (out, resp)
+    }
+
+    fn header(resp: &[u8]) -> ResponseHeader {
+        ResponseHeader::from_bytes(resp[..ResponseHeader::SIZE].try_into().unwrap())
+    }
+
+    #[test]
+    fn predict_batch_matches_reference() {
+        let dev = device();
+        let inputs = [ONE, 2 * ONE, 3 * ONE, -ONE, 0, 5 * ONE];
+        let req = request(OP_PREDICT, 2, 3, &inputs);
+        let (out, resp) = run(
+            &dev,
+            &req,
+            &[(REQ, req.len() as u32, false), (RESP, 24 + 16, true)],
+        );
+        assert_eq!(out.status, Some(protocol::STATUS_OK));
+        assert_eq!(out.used_len, 40);
+        let h = header(&resp);
+        assert_eq!(
+            (h.id, h.num_samples, h.out_dim, h.generation),
+            (42, 2, 2, 1)
+        );
+        let mut got = [0i32; 4];
+        protocol::decode_values(&resp[24..], &mut got);
+        let mlp = &dev.current().model.mlp;
+        let mut want = mlp.predict(&inputs[..3]).unwrap();
+        want.extend(mlp.predict(&inputs[3..]).unwrap());
+        assert_eq!(got.to_vec(), want);
+    }
+
+    #[test]
+    fn split_descriptors_are_gathered() {
+        let dev = device();
+        let req = request(OP_PREDICT, 1, 3, &[ONE, ONE, ONE]);
+        // Header split mid-field, outputs split too.
+        let (out, resp) = run(
+            &dev,
+            &req,
+            &[
+                (REQ, 5, false),
+                (REQ + 5, 20, false),
+                (REQ + 25, req.len() as u32 - 25, false),
+                (RESP, 10, true),
+                (RESP + 10, 22, true),
+            ],
+        );
+        assert_eq!(out.status, Some(protocol::STATUS_OK));
+        assert_eq!(header(&resp).out_dim, 2);
+    }
+
+    #[test]
+    fn bad_requests_get_their_status() {
+        let dev = device();
+        let good = |r: &[u8]| vec![(REQ, r.len() as u32, false), (RESP, 64, true)];
+        let cases: Vec<(Vec<u8>, u32)> = vec![
+            (
+                request(OP_PREDICT, 1, 3, &[1, 2, 3])[..20].to_vec(),
+                protocol::STATUS_MALFORMED,
+            ),
+            (request(99, 1, 3, &[1, 2, 3]), protocol::STATUS_UNSUPPORTED),
+            (
+                request(OP_PREDICT, 1, 4, &[1, 2, 3, 4]),
+                protocol::STATUS_BAD_DIMS,
+            ),
+            (request(OP_PREDICT, 0, 3, &[]), protocol::STATUS_BAD_BATCH),
+            (
+                request(OP_PREDICT, MAX_BATCH + 1, 3, &[1, 2, 3]),
+                protocol::STATUS_BAD_BATCH,
+            ),
+            (
+                request(OP_PREDICT, 2, 3, &[1, 2, 3]),
+                protocol::STATUS_MALFORMED,
+            ),
+            (
+                request(OP_PREDICT, 1, 3, &[1, 2, 3, 4]),
+                protocol::STATUS_MALFORMED,
+            ),
+        ];
+        for (req, want) in cases {
+            let (out, resp) = run(&dev, &req, &good(&req));
+            assert_eq!(out.status, Some(want), "{}", protocol::status_name(want));
+            assert_eq!(out.used_len, 24);
+            assert_eq!(header(&resp).status, want);
+        }
+        let mut flagged = request(OP_PREDICT, 1, 3, &[1, 2, 3]);
+        flagged[4] = 1;
+        assert_eq!(
+            run(&dev, &flagged, &good(&flagged)).0.status,
+            Some(protocol::STATUS_UNSUPPORTED)
+        );
+    }
+
+    #[test]
+    fn small_or_missing_response_buffers() {
+        let dev = device();
+        let req = request(OP_PREDICT, 1, 3, &[1, 2, 3]);
+        let r = (REQ, req.len() as u32, false);
+        // Room for the header only: NO_SPACE in the header.
+        let (out, resp) = run(&dev, &req, &[r, (RESP, 24, true)]);
+        assert_eq!(out.status, Some(protocol::STATUS_NO_SPACE));
+        assert_eq!(header(&resp).id, 42);
+        // No room for a header, or no writable part: nothing written, no panic.
+        assert_eq!(run(&dev, &req, &[r, (RESP, 23, true)]).0.used_len, 0);
+        assert_eq!(
+            run(&dev, &req, &[r]).0,
+            Outcome {
+                used_len: 0,
+                status: None
+            }
+        );
+        // Readable part outside guest memory: a device error, still answered.
+        let (out, _) = run(&dev, &req, &[(0x4000_0000, 40, false), (RESP, 64, true)]);
+        assert_eq!(out.status, Some(protocol::STATUS_DEVICE_ERROR));
+        // Writable part outside guest memory: nothing can be written.
+        assert_eq!(
+            run(&dev, &req, &[r, (0x4000_0000, 64, true)]).0.status,
+            None
+        );
+    }
+
+    #[test]
+    fn null_request_has_no_outputs() {
+        let dev = device();
+        let req = request(OP_NULL, 2, 3, &[0; 6]);
+        let (out, resp) = run(
+            &dev,
+            &req,
+            &[(REQ, req.len() as u32, false), (RESP, 64, true)],
+        );
+        assert_eq!(
+            out,
+            Outcome {
+                used_len: 24,
+                status: Some(protocol::STATUS_OK)
+            }
+        );
+        assert_eq!((header(&resp).num_samples, header(&resp).out_dim), (2, 0));
+    }
+
+    #[test]
+    fn config_space_describes_the_model() {
+        let dev = device();
+        let c = DeviceConfig::from_bytes(&dev.config().to_bytes());
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(
+            (c.num_layers, c.dims[0], c.dims[1], c.dims[2]),
+            (2, 3, 2, 2)
+        );
+        assert_eq!(dev.read_config(8, 4), 1u32.to_le_bytes().to_vec());
+        assert!(dev.read_config(60, 8).is_empty());
+        assert!(dev.read_config(u32::MAX, 4).is_empty());
+    }
+}
