@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the whole test suite on a fresh machine.
+#
+# Builds what is missing (see build.sh), then runs:
+#  1. rustfmt and clippy (warnings are errors)
+#  2. the unit tests of every crate (cargo test --workspace)
+#  3. nn-core without std (no_std + alloc build)
+#  4. the end-to-end tests: each starts the daemon, boots a QEMU guest with
+#     the real driver and checks its /proc answers against nn-core on the host
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
+
+"$REPO/scripts/build.sh"
+
+log "rustfmt + clippy"
+cargo fmt --all -- --check
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+
+log "unit tests"
+cargo test --workspace
+
+log "nn-core without std"
+cargo build --quiet -p nn-core --no-default-features
+
+log "end-to-end tests (QEMU guests)"
+VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
+    cargo test --release -p virtio-nn-tests --test e2e -- --ignored --test-threads=1
