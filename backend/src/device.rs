@@ -8,6 +8,7 @@
 //! header is answered with an error status (see `nn-core/PROTOCOL.md`).
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use log::{debug, warn};
@@ -31,6 +32,8 @@ pub struct Served {
     pub model: Model,
     /// Generation number announced in config space and in responses.
     pub generation: u32,
+    /// Where the model was loaded from.
+    pub source: PathBuf,
 }
 
 /// State shared by all queues and connections of one daemon.
@@ -56,18 +59,50 @@ pub struct Outcome {
     pub used_len: u32,
     /// The status sent, or `None` if not even a header fit.
     pub status: Option<u32>,
+    /// Samples answered (0 unless the status is OK).
+    pub samples: u32,
+}
+
+impl Outcome {
+    /// Nothing could be written: the chain is returned with used length 0.
+    pub const DROPPED: Outcome = Outcome {
+        used_len: 0,
+        status: None,
+        samples: 0,
+    };
 }
 
 impl NnDevice {
-    /// A device serving `model` as generation 1.
-    pub fn new(model: Model, num_req_queues: u32) -> Self {
+    /// A device serving `model` (loaded from `source`) as generation 1.
+    pub fn new(model: Model, source: PathBuf, num_req_queues: u32) -> Self {
         Self {
             served: RwLock::new(Arc::new(Served {
                 model,
                 generation: 1,
+                source,
             })),
             num_req_queues,
         }
+    }
+
+    /// Number of request queues.
+    pub fn num_req_queues(&self) -> u32 {
+        self.num_req_queues
+    }
+
+    /// Swaps in a new, already validated model under the next generation,
+    /// which is returned. Requests already taken keep the model they started
+    /// with (they hold its `Arc`); later ones see the new one.
+    pub fn swap(&self, model: Model, source: PathBuf) -> u32 {
+        let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
+        // Generation 0 is never used, so a driver can treat it as "none".
+        let generation = served.generation.checked_add(1).unwrap_or(1);
+        *served = Arc::new(Served {
+            model,
+            generation,
+            source,
+        });
+        generation
     }
 
     /// The model currently served. Requests keep the `Arc` they started with.
@@ -126,10 +161,7 @@ impl NnDevice {
             Ok(w) => w,
             Err(e) => {
                 warn!("request without usable writable descriptors: {e}");
-                return Outcome {
-                    used_len: 0,
-                    status: None,
-                };
+                return Outcome::DROPPED;
             }
         };
         if writer.available_bytes() < ResponseHeader::SIZE {
@@ -137,10 +169,7 @@ impl NnDevice {
                 "writable part of {} bytes cannot hold a response header",
                 writer.available_bytes()
             );
-            return Outcome {
-                used_len: 0,
-                status: None,
-            };
+            return Outcome::DROPPED;
         }
         let served = self.current();
         let (mut resp, outputs) = match reader {
@@ -176,6 +205,11 @@ impl NnDevice {
         Outcome {
             used_len: writer.bytes_written() as u32,
             status: Some(resp.status),
+            samples: if resp.status == protocol::STATUS_OK {
+                resp.num_samples
+            } else {
+                0
+            },
         }
     }
 
@@ -289,7 +323,11 @@ mod tests {
             Activation::Identity,
         )
         .unwrap();
-        NnDevice::new(Model::new(Mlp::new(vec![l0, l1]).unwrap(), "t"), 1)
+        NnDevice::new(
+            Model::new(Mlp::new(vec![l0, l1]).unwrap(), "t"),
+            "t".into(),
+            1,
+        )
     }
 
     fn request(opcode: u32, n: u32, in_dim: u32, inputs: &[i32]) -> Vec<u8> {
@@ -434,13 +472,7 @@ mod tests {
         assert_eq!(header(&resp).id, 42);
         // No room for a header, or no writable part: nothing written, no panic.
         assert_eq!(run(&dev, &req, &[r, (RESP, 23, true)]).0.used_len, 0);
-        assert_eq!(
-            run(&dev, &req, &[r]).0,
-            Outcome {
-                used_len: 0,
-                status: None
-            }
-        );
+        assert_eq!(run(&dev, &req, &[r]).0, Outcome::DROPPED);
         // Readable part outside guest memory: a device error, still answered.
         let (out, _) = run(&dev, &req, &[(0x4000_0000, 40, false), (RESP, 64, true)]);
         assert_eq!(out.status, Some(protocol::STATUS_DEVICE_ERROR));
@@ -464,10 +496,38 @@ mod tests {
             out,
             Outcome {
                 used_len: 24,
-                status: Some(protocol::STATUS_OK)
+                status: Some(protocol::STATUS_OK),
+                samples: 2
             }
         );
         assert_eq!((header(&resp).num_samples, header(&resp).out_dim), (2, 0));
+    }
+
+    #[test]
+    fn swap_bumps_the_generation_and_changes_dims() {
+        let dev = device();
+        let old = dev.current();
+        let l = Layer::new(5, 1, vec![ONE; 5], vec![0], Activation::Identity).unwrap();
+        let g = dev.swap(Model::new(Mlp::new(vec![l]).unwrap(), "new"), "new".into());
+        assert_eq!(g, 2);
+        let c = dev.config();
+        assert_eq!(
+            (c.generation, c.num_layers, c.dims[0], c.dims[1]),
+            (2, 1, 5, 1)
+        );
+        // A request that already holds the old model still sees it.
+        assert_eq!((old.generation, old.model.mlp.input_dim()), (1, 3));
+        let req = request(OP_PREDICT, 1, 5, &[ONE; 5]);
+        let (out, resp) = run(
+            &dev,
+            &req,
+            &[(REQ, req.len() as u32, false), (RESP, 64, true)],
+        );
+        assert_eq!(out.status, Some(protocol::STATUS_OK));
+        assert_eq!(header(&resp).generation, 2);
+        let mut y = [0i32; 1];
+        protocol::decode_values(&resp[24..28], &mut y);
+        assert_eq!(y[0], 5 * ONE);
     }
 
     #[test]

@@ -2,11 +2,17 @@
 
 //! vhost-user-nn: the vhost-user daemon of the virtio-nn device.
 //!
-//! * [`device`]: the device logic — served model, config space, and one
-//!   descriptor chain in, one response out.
-//! * [`vhu_nn`]: the `VhostUserBackend` implementation and queue loop.
+//! * [`device`]: the device logic — served model and hot-swap, config space,
+//!   and one descriptor chain in, one response out.
+//! * [`vhu_nn`]: the `VhostUserBackend` implementation and the queue loop
+//!   (one worker thread per request queue).
+//! * [`admin`]: the admin socket (line-delimited JSON: status, health, stats,
+//!   metrics, load).
+//! * [`stats`]: request counters and latency histograms (Prometheus).
 //!
 //! The binary (`main.rs`) holds the command line and the serve loop.
 
+pub mod admin;
 pub mod device;
+pub mod stats;
 pub mod vhu_nn;

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use log::{error, warn};
 use thiserror::Error as ThisError;
@@ -20,6 +21,7 @@ use vmm_sys_util::event::{
 };
 
 use crate::device::{Buffers, GuestMemory, NnDevice};
+use crate::stats::Stats;
 
 /// Largest virtqueue size offered to the driver.
 pub const QUEUE_SIZE: usize = 1024;
@@ -47,27 +49,30 @@ impl From<Error> for io::Error {
     }
 }
 
-/// The backend of one vhost-user connection.
+/// The backend of one vhost-user connection. Each request queue has its own
+/// worker thread (and its own buffers), so queues never wait for each other.
 pub struct VhostUserNnBackend {
     device: Arc<NnDevice>,
+    stats: Arc<Stats>,
     num_queues: usize,
     mem: Mutex<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: Mutex<bool>,
-    buffers: Mutex<Buffers>,
+    buffers: Vec<Mutex<Buffers>>,
     exit: (EventConsumer, EventNotifier),
 }
 
 impl VhostUserNnBackend {
     /// A backend for `device` with `num_queues` request queues.
-    pub fn new(device: Arc<NnDevice>, num_queues: usize) -> Result<Self, Error> {
+    pub fn new(device: Arc<NnDevice>, stats: Arc<Stats>, num_queues: usize) -> Result<Self, Error> {
         let exit =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(Error::ExitEvent)?;
         Ok(Self {
             device,
+            stats,
             num_queues,
             mem: Mutex::new(None),
             event_idx: Mutex::new(false),
-            buffers: Mutex::new(Buffers::default()),
+            buffers: (0..num_queues).map(|_| Mutex::default()).collect(),
             exit,
         })
     }
@@ -81,7 +86,7 @@ impl VhostUserNnBackend {
 
     /// Serves every available chain of `vring`, then signals the guest if the
     /// driver wants it.
-    fn process_queue(&self, vring: &VringRwLock) -> Result<(), Error> {
+    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<(), Error> {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             warn!("queue kicked before the memory table was set");
             return Ok(());
@@ -95,10 +100,15 @@ impl VhostUserNnBackend {
                 return Ok(());
             }
         };
-        let mut buf = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = self.buffers[usize::from(queue)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for chain in chains {
             let head = chain.head_index();
+            let start = Instant::now();
             let outcome = self.device.process_chain(chain, &mem, &mut buf);
+            self.stats
+                .record(queue, outcome.status, outcome.samples, start.elapsed());
             if let Err(e) = vring.add_used(head, outcome.used_len) {
                 warn!("cannot return descriptor {head}: {e}");
             }
@@ -120,6 +130,10 @@ impl VhostUserBackend for VhostUserNnBackend {
 
     fn max_queue_size(&self) -> usize {
         QUEUE_SIZE
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.num_queues).map(|q| 1u64 << q).collect()
     }
 
     fn features(&self) -> u64 {
@@ -168,7 +182,7 @@ impl VhostUserBackend for VhostUserNnBackend {
             .get(device_event as usize)
             .ok_or(Error::UnknownQueue(device_event))?;
         if !*self.event_idx.lock().unwrap_or_else(|e| e.into_inner()) {
-            return Ok(self.process_queue(vring)?);
+            return Ok(self.process_queue(device_event, vring)?);
         }
         // With EVENT_IDX the library only records the feature: keep serving
         // until no new chain arrived while notifications were off.
@@ -176,7 +190,7 @@ impl VhostUserBackend for VhostUserNnBackend {
             if let Err(e) = vring.disable_notification() {
                 warn!("disable_notification: {e}");
             }
-            self.process_queue(vring)?;
+            self.process_queue(device_event, vring)?;
             match vring.enable_notification() {
                 Ok(true) => continue,
                 Ok(false) => break,

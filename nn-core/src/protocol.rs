@@ -120,6 +120,21 @@ pub const fn status_name(status: u32) -> &'static str {
     }
 }
 
+/// A short identifier for a response status, for metrics labels and JSON.
+pub const fn status_label(status: u32) -> &'static str {
+    match status {
+        STATUS_OK => "ok",
+        STATUS_MALFORMED => "malformed",
+        STATUS_UNSUPPORTED => "unsupported",
+        STATUS_BAD_DIMS => "bad_dims",
+        STATUS_BAD_BATCH => "bad_batch",
+        STATUS_NO_SPACE => "no_space",
+        STATUS_NO_MODEL => "no_model",
+        STATUS_DEVICE_ERROR => "device_error",
+        _ => "unknown",
+    }
+}
+
 fn le32(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }

@@ -1,0 +1,360 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The admin socket: a Unix socket speaking line-delimited JSON.
+//!
+//! Each request is one line holding one JSON object with a `cmd` field:
+//!
+//! | request | reply (besides `"ok": true`) |
+//! |---|---|
+//! | `{"cmd":"status"}` | `generation`, `model` (name, dims, checksum, path), `queues`, `uptime_s` |
+//! | `{"cmd":"health"}` | `healthy`, `status` |
+//! | `{"cmd":"stats"}` | `queues` (per queue ok/errors/samples), `swaps`, `swap_failures` |
+//! | `{"cmd":"metrics"}` | `text`: the Prometheus text exposition |
+//! | `{"cmd":"load","path":"FILE"}` | `generation`, `model`: FILE validated and swapped in |
+//!
+//! Every failure is a reply `{"ok": false, "error": "..."}`: malformed JSON,
+//! unknown commands or fields, lines over [`MAX_LINE`] bytes (the connection
+//! is then closed), models that fail validation (the old model keeps
+//! serving). Clients are served concurrently, one thread each, up to
+//! [`MAX_CLIENTS`].
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use nn_core::Model;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::device::NnDevice;
+use crate::stats::Stats;
+
+/// Longest request line accepted, in bytes.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Most clients served at once; more are answered with an error and closed.
+pub const MAX_CLIENTS: usize = 32;
+/// A client that sends nothing for this long is disconnected.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One admin request. (The commands without arguments are empty struct
+/// variants so that `deny_unknown_fields` applies to them too.)
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// What is served.
+    Status {},
+    /// Whether the device is healthy.
+    Health {},
+    /// Per-queue totals.
+    Stats {},
+    /// Prometheus text exposition.
+    Metrics {},
+    /// Validate a model file and swap it in.
+    Load {
+        /// The model file.
+        path: PathBuf,
+    },
+}
+
+/// What the admin commands act on.
+pub struct Admin {
+    device: Arc<NnDevice>,
+    stats: Arc<Stats>,
+    started: Instant,
+    clients: AtomicUsize,
+}
+
+fn model_json(served: &crate::device::Served) -> Value {
+    json!({
+        "name": served.model.name,
+        "dims": served.model.mlp.dims(),
+        "checksum": format!("crc32c:{:08x}", served.model.checksum),
+        "path": served.source.display().to_string(),
+    })
+}
+
+fn error(msg: impl std::fmt::Display) -> Value {
+    json!({"ok": false, "error": msg.to_string()})
+}
+
+impl Admin {
+    /// Admin commands for `device`.
+    pub fn new(device: Arc<NnDevice>, stats: Arc<Stats>) -> Self {
+        Self {
+            device,
+            stats,
+            started: Instant::now(),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    /// Answers one request line.
+    pub fn handle_line(&self, line: &str) -> Value {
+        match serde_json::from_str::<Request>(line) {
+            Ok(req) => self.handle(req),
+            Err(e) => error(format!("bad request: {e}")),
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, req: Request) -> Value {
+        match req {
+            Request::Status {} => {
+                let served = self.device.current();
+                json!({
+                    "ok": true,
+                    "generation": served.generation,
+                    "model": model_json(&served),
+                    "queues": self.device.num_req_queues(),
+                    "uptime_s": self.started.elapsed().as_secs(),
+                })
+            }
+            Request::Health {} => json!({"ok": true, "healthy": true, "status": "ready"}),
+            Request::Stats {} => {
+                let mut v = serde_json::to_value(self.stats.summary()).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.insert("ok".into(), Value::Bool(true));
+                }
+                v
+            }
+            Request::Metrics {} => json!({"ok": true, "text": self.stats.encode()}),
+            Request::Load { path } => self.load(&path),
+        }
+    }
+
+    fn load(&self, path: &Path) -> Value {
+        // Validation happens here, on the admin thread, off the data path.
+        match Model::load(path) {
+            Ok(model) => {
+                let generation = self.device.swap(model, path.to_path_buf());
+                self.stats.record_swap(Some(generation));
+                let served = self.device.current();
+                info!(
+                    "admin: loaded {} as generation {generation}",
+                    path.display()
+                );
+                json!({"ok": true, "generation": generation, "model": model_json(&served)})
+            }
+            Err(e) => {
+                self.stats.record_swap(None);
+                warn!("admin: refused model: {e}");
+                error(e)
+            }
+        }
+    }
+
+    /// Serves one client until it disconnects, idles out or misbehaves.
+    fn serve_client(&self, stream: UnixStream) -> io::Result<()> {
+        stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+        stream.set_write_timeout(Some(IDLE_TIMEOUT))?;
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            // Read at most MAX_LINE + 1 bytes so an endless line cannot
+            // exhaust memory.
+            let n = (&mut reader)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)?;
+            if n == 0 {
+                return Ok(());
+            }
+            if line.last() != Some(&b'\n') && n > MAX_LINE {
+                let reply = error(format!("request longer than {MAX_LINE} bytes"));
+                writeln!(writer, "{reply}")?;
+                return Ok(());
+            }
+            let reply = match std::str::from_utf8(&line) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => self.handle_line(text.trim()),
+                Err(_) => error("request is not UTF-8"),
+            };
+            writeln!(writer, "{reply}")?;
+        }
+    }
+}
+
+/// Binds the admin socket with mode `mode` (replacing a stale socket file)
+/// and serves it on a background thread.
+pub fn spawn(admin: Arc<Admin>, path: &Path, mode: u32) -> io::Result<thread::JoinHandle<()>> {
+    if path.exists() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    info!("admin socket on {} (mode {mode:o})", path.display());
+    thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || accept_loop(admin, listener))
+}
+
+fn accept_loop(admin: Arc<Admin>, listener: UnixListener) {
+    for conn in listener.incoming() {
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("admin: accept: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if admin.clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+            admin.clients.fetch_sub(1, Ordering::AcqRel);
+            let _ = writeln!(stream, "{}", error("too many admin clients"));
+            continue;
+        }
+        let admin = admin.clone();
+        let spawned = thread::Builder::new()
+            .name("admin-client".into())
+            .spawn(move || {
+                if let Err(e) = admin.serve_client(stream) {
+                    warn!("admin client: {e}");
+                }
+                admin.clients.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            warn!("admin: cannot start a client thread: {e}");
+        }
+    }
+}
+
+/// Sends one request line to an admin socket and returns the reply.
+pub fn request(path: &Path, line: &str) -> io::Result<Value> {
+    let mut stream = UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    writeln!(stream, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    serde_json::from_str(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nn_core::fixed::ONE;
+    use nn_core::{Activation, Layer, Mlp};
+
+    fn model(in_dim: usize) -> Model {
+        let l = Layer::new(
+            in_dim,
+            2,
+            vec![ONE; 2 * in_dim],
+            vec![0; 2],
+            Activation::Identity,
+        )
+        .unwrap();
+        Model::new(Mlp::new(vec![l]).unwrap(), "m")
+    }
+
+    fn admin() -> (Arc<Admin>, tempfile::TempDir) {
+        let dev = Arc::new(NnDevice::new(model(3), "m".into(), 1));
+        let stats = Arc::new(Stats::new(1));
+        (
+            Arc::new(Admin::new(dev, stats)),
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    #[test]
+    fn commands_and_errors() {
+        let (a, dir) = admin();
+        let st = a.handle_line(r#"{"cmd":"status"}"#);
+        assert_eq!(st["ok"], true);
+        assert_eq!(st["generation"], 1);
+        assert_eq!(st["model"]["dims"], json!([3, 2]));
+        assert_eq!(a.handle_line(r#"{"cmd":"health"}"#)["healthy"], true);
+        assert_eq!(a.handle_line(r#"{"cmd":"stats"}"#)["queues"][0]["ok"], 0);
+        assert!(a.handle_line(r#"{"cmd":"metrics"}"#)["text"]
+            .as_str()
+            .unwrap()
+            .contains("virtio_nn_model_generation 1"));
+        for bad in [
+            "",
+            "status",
+            "{}",
+            r#"{"cmd":"reboot"}"#,
+            r#"{"cmd":"status","x":1}"#,
+            r#"{"cmd":"load"}"#,
+            r#"{"cmd":"load","path":7}"#,
+        ] {
+            let r = a.handle_line(bad);
+            assert_eq!(r["ok"], false, "{bad} -> {r}");
+            assert!(
+                r["error"].as_str().unwrap().starts_with("bad request"),
+                "{r}"
+            );
+        }
+
+        // Load: a good model with other dims swaps in; bad files are refused
+        // and the old model keeps serving.
+        let good = dir.path().join("good.safetensors");
+        std::fs::write(&good, model(5).to_bytes()).unwrap();
+        let bad = dir.path().join("bad.safetensors");
+        std::fs::write(&bad, b"not a model").unwrap();
+        let r = a.handle(Request::Load { path: good.clone() });
+        assert_eq!(
+            (r["ok"].clone(), r["generation"].clone()),
+            (json!(true), json!(2))
+        );
+        for path in [bad, dir.path().join("missing")] {
+            let r = a.handle(Request::Load { path });
+            assert_eq!(r["ok"], false);
+            assert!(!r["error"].as_str().unwrap().is_empty());
+        }
+        let st = a.handle_line(r#"{"cmd":"status"}"#);
+        assert_eq!(
+            (st["generation"].clone(), st["model"]["dims"].clone()),
+            (json!(2), json!([5, 2]))
+        );
+        let s = a.handle_line(r#"{"cmd":"stats"}"#);
+        assert_eq!(
+            (s["swaps"].clone(), s["swap_failures"].clone()),
+            (json!(1), json!(2))
+        );
+    }
+
+    #[test]
+    fn socket_serves_many_clients_and_survives_abuse() {
+        let (a, dir) = admin();
+        let path = dir.path().join("admin.sock");
+        spawn(a, &path, 0o600).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        // An oversized line gets an error and the connection is closed.
+        let mut s = UnixStream::connect(&path).unwrap();
+        let _ = s.write_all(&vec![b'x'; MAX_LINE + 10]);
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply).unwrap();
+        assert!(reply.contains("longer than"), "{reply}");
+
+        // Invalid UTF-8 and garbage get error replies on a live connection.
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"\xff\xfe\n{\"cmd\":\"health\"}\n").unwrap();
+        let mut r = BufReader::new(s);
+        let mut l1 = String::new();
+        let mut l2 = String::new();
+        r.read_line(&mut l1).unwrap();
+        r.read_line(&mut l2).unwrap();
+        assert!(l1.contains("not UTF-8"), "{l1}");
+        assert!(l2.contains("\"healthy\":true"), "{l2}");
+
+        // Many concurrent clients.
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                let p = path.clone();
+                thread::spawn(move || request(&p, r#"{"cmd":"status"}"#).unwrap())
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap()["ok"], true);
+        }
+    }
+}
