@@ -4,7 +4,9 @@
 //! socket; `vhost-user-nn ctl ...` talks to a running daemon's admin socket.
 //! See README.md for the QEMU command line.
 
-use std::path::PathBuf;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use log::{error, info};
 use nn_core::Model;
 use serde_json::json;
+use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -38,11 +41,21 @@ struct Cli {
 struct ServeArgs {
     /// Path of the vhost-user Unix socket QEMU connects to (created; an
     /// existing file there is replaced).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present_any = ["fd", "print_capabilities"])]
     socket_path: Option<PathBuf>,
 
+    /// Serve an already listening Unix socket inherited as this file
+    /// descriptor (socket activation, e.g. systemd's `ListenStream=`; with
+    /// systemd, `--fd 3`).
+    #[arg(long, conflicts_with = "socket_path")]
+    fd: Option<RawFd>,
+
+    /// Print the vhost-user capabilities as JSON and exit.
+    #[arg(long, exclusive = true)]
+    print_capabilities: bool,
+
     /// Model file (safetensors, Q16.16; see nn-core/src/model.rs).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "print_capabilities")]
     model: Option<PathBuf>,
 
     /// Number of request queues (QEMU's `num_vqs` must match).
@@ -94,10 +107,60 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("`{s}` is not an octal mode such as 600"))
 }
 
+/// The listening vhost-user socket, from `--socket-path` or `--fd`.
+fn listener(args: &ServeArgs) -> Result<Listener, String> {
+    match (&args.socket_path, args.fd) {
+        (Some(path), _) => Listener::new(path, true)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display())),
+        (None, Some(fd)) => {
+            if fd < 3 {
+                return Err(format!("--fd {fd} is a standard stream, not a socket"));
+            }
+            // SAFETY: fstat only writes into the stat buffer it is given; an
+            // invalid descriptor makes it fail with EBADF, nothing else.
+            let is_socket = unsafe {
+                let mut st: libc::stat = std::mem::zeroed();
+                libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+            };
+            if !is_socket {
+                return Err(format!("--fd {fd} is not an open socket"));
+            }
+            // SAFETY: the descriptor is open (checked above) and the operator
+            // hands it to the daemon to own (socket activation); nothing else
+            // in the process uses it. That it listens is checked right below.
+            let listener = UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            listener
+                .local_addr()
+                .map_err(|e| format!("--fd {fd} is not a listening Unix socket: {e}"))?;
+            Ok(Listener::from(listener))
+        }
+        (None, None) => Err("--socket-path or --fd is required".into()),
+    }
+}
+
+/// Removes the sockets and exits on SIGTERM or SIGINT.
+fn exit_on_signals(paths: Vec<PathBuf>) -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                info!("signal {sig}: shutting down");
+                for p in &paths {
+                    let _ = std::fs::remove_file(p);
+                }
+                std::process::exit(0);
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(())
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
-    // clap enforces both when no subcommand is given.
-    let (Some(socket_path), Some(model_path)) = (args.socket_path, args.model) else {
-        return Err("--socket-path and --model are required".into());
+    let Some(model_path) = args.model.clone() else {
+        return Err("--model is required".into());
     };
     let model = Model::load(&model_path).map_err(|e| format!("cannot load model: {e}"))?;
     info!(
@@ -108,11 +171,24 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     );
     let device = Arc::new(NnDevice::new(model, model_path, args.queues));
     let stats = Arc::new(Stats::new(args.queues));
+    let mut listener = listener(&args)?;
     if let Some(path) = &args.admin_socket {
         let admin = Arc::new(Admin::new(device.clone(), stats.clone()));
         admin::spawn(admin, path, args.admin_socket_mode)
             .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?;
     }
+    let owned: Vec<PathBuf> = [&args.socket_path, &args.admin_socket]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    exit_on_signals(owned)?;
+    let where_ = args.socket_path.as_deref().map_or_else(
+        || format!("fd {}", args.fd.unwrap_or(-1)),
+        |p: &Path| p.display().to_string(),
+    );
+    // One connection at a time; after a disconnect, the next QEMU (or the
+    // same one reconnecting) gets a fresh backend on the same device state.
     loop {
         let backend = Arc::new(
             VhostUserNnBackend::new(device.clone(), stats.clone(), args.queues as usize)
@@ -124,14 +200,17 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(|e| format!("cannot create the daemon: {e}"))?;
-        info!("waiting for a frontend on {}", socket_path.display());
-        match daemon.serve(&socket_path) {
-            Ok(()) => info!("frontend disconnected; waiting for the next one"),
-            Err(vhost_user_backend::Error::CreateVhostUserListener(e)) => {
-                return Err(format!("cannot listen on {}: {e}", socket_path.display()));
-            }
-            Err(e) => error!("connection ended with an error: {e}; waiting for the next one"),
+        info!("waiting for a frontend on {where_}");
+        if let Err(e) = daemon.start(&mut listener) {
+            error!("accepting a frontend: {e}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
         }
+        match daemon.wait() {
+            Ok(()) => info!("frontend disconnected"),
+            Err(e) => error!("connection ended with an error: {e}"),
+        }
+        backend.notify_exit();
     }
 }
 
@@ -170,6 +249,10 @@ fn main() -> ExitCode {
             admin_socket,
             command,
         }) => ctl(admin_socket, command),
+        None if cli.serve.print_capabilities => {
+            println!("{}", VhostUserNnBackend::capabilities());
+            Ok(())
+        }
         None => serve(cli.serve),
     };
     match result {

@@ -77,6 +77,12 @@ impl VhostUserNnBackend {
         })
     }
 
+    /// The `--print-capabilities` JSON of the vhost-user spec. There is no
+    /// backend type for this device in the spec; "virtio-nn" names it.
+    pub fn capabilities() -> String {
+        r#"{"type":"virtio-nn","features":[]}"#.to_string()
+    }
+
     /// Asks the worker threads to stop.
     pub fn notify_exit(&self) {
         if let Err(e) = self.exit.1.notify() {
