@@ -254,7 +254,7 @@ mod tests {
     }
 
     fn admin() -> (Arc<Admin>, tempfile::TempDir) {
-        let dev = Arc::new(NnDevice::new(model(3), "m".into(), 1));
+        let dev = Arc::new(NnDevice::new(model(3), "m".into(), 1).unwrap());
         let stats = Arc::new(Stats::new(1));
         (
             Arc::new(Admin::new(dev, stats)),

@@ -19,6 +19,7 @@ use nn_core::protocol::{
 use nn_core::{Model, Scratch};
 use virtio_queue::{DescriptorChain, Reader};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Guest memory as the daemon sees it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -41,6 +42,9 @@ pub struct Served {
 pub struct NnDevice {
     served: RwLock<Arc<Served>>,
     num_req_queues: u32,
+    /// Written at every model change; the backend waits on it to send an
+    /// event on the event queue.
+    changed: EventFd,
 }
 
 /// Per-worker reusable buffers, so the data path does not allocate per request.
@@ -74,15 +78,21 @@ impl Outcome {
 
 impl NnDevice {
     /// A device serving `model` (loaded from `source`) as generation 1.
-    pub fn new(model: Model, source: PathBuf, num_req_queues: u32) -> Self {
-        Self {
+    pub fn new(model: Model, source: PathBuf, num_req_queues: u32) -> std::io::Result<Self> {
+        Ok(Self {
             served: RwLock::new(Arc::new(Served {
                 model,
                 generation: 1,
                 source,
             })),
             num_req_queues,
-        }
+            changed: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Readable after a model change (an eventfd counter; read it to reset).
+    pub fn changed(&self) -> &EventFd {
+        &self.changed
     }
 
     /// Number of request queues.
@@ -102,6 +112,10 @@ impl NnDevice {
             generation,
             source,
         });
+        drop(served);
+        if let Err(e) = self.changed.write(1) {
+            warn!("cannot signal the model change to the event queue: {e}");
+        }
         generation
     }
 
@@ -328,6 +342,7 @@ mod tests {
             "t".into(),
             1,
         )
+        .unwrap()
     }
 
     fn request(opcode: u32, n: u32, in_dim: u32, inputs: &[i32]) -> Vec<u8> {
@@ -510,6 +525,11 @@ mod tests {
         let l = Layer::new(5, 1, vec![ONE; 5], vec![0], Activation::Identity).unwrap();
         let g = dev.swap(Model::new(Mlp::new(vec![l]).unwrap(), "new"), "new".into());
         assert_eq!(g, 2);
+        assert_eq!(
+            dev.changed().read().unwrap(),
+            1,
+            "swap signals the event queue"
+        );
         let c = dev.config();
         assert_eq!(
             (c.generation, c.num_layers, c.dims[0], c.dims[1]),

@@ -169,7 +169,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         model.mlp.dims(),
         model.checksum
     );
-    let device = Arc::new(NnDevice::new(model, model_path, args.queues));
+    let device = Arc::new(
+        NnDevice::new(model, model_path, args.queues)
+            .map_err(|e| format!("cannot create the device: {e}"))?,
+    );
     let stats = Arc::new(Stats::new(args.queues));
     let mut listener = listener(&args)?;
     if let Some(path) = &args.admin_socket {
@@ -200,6 +203,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         )
         .map_err(|e| format!("cannot create the daemon: {e}"))?;
+        backend
+            .register_change_listener(&daemon)
+            .map_err(|e| format!("cannot watch for model changes: {e}"))?;
         info!("waiting for a frontend on {where_}");
         if let Err(e) = daemon.start(&mut listener) {
             error!("accepting a frontend: {e}");

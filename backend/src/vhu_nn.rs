@@ -1,19 +1,25 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The vhost-user side: [`VhostUserBackend`] for the device and the queue
-//! loop that feeds descriptor chains to [`NnDevice::process_chain`].
+//! The vhost-user side: [`VhostUserBackend`] for the device, the queue loop
+//! that feeds descriptor chains to [`NnDevice::process_chain`], and the event
+//! queue that tells the driver about model changes.
+//!
+//! Queues `0..n` are request queues, one worker thread each; queue `n` is the
+//! event queue, served by thread 0 together with the device's change eventfd.
 
-use std::io;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use log::{error, warn};
+use nn_core::protocol::{self, Event};
 use thiserror::Error as ThisError;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -58,6 +64,8 @@ pub struct VhostUserNnBackend {
     mem: Mutex<Option<GuestMemoryAtomic<GuestMemory>>>,
     event_idx: Mutex<bool>,
     buffers: Vec<Mutex<Buffers>>,
+    /// Generation last announced on the event queue.
+    announced: Mutex<u32>,
     exit: (EventConsumer, EventNotifier),
 }
 
@@ -67,12 +75,13 @@ impl VhostUserNnBackend {
         let exit =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(Error::ExitEvent)?;
         Ok(Self {
-            device,
             stats,
             num_queues,
             mem: Mutex::new(None),
             event_idx: Mutex::new(false),
             buffers: (0..num_queues).map(|_| Mutex::default()).collect(),
+            announced: Mutex::new(device.current().generation),
+            device,
             exit,
         })
     }
@@ -81,6 +90,82 @@ impl VhostUserNnBackend {
     /// backend type for this device in the spec; "virtio-nn" names it.
     pub fn capabilities() -> String {
         r#"{"type":"virtio-nn","features":[]}"#.to_string()
+    }
+
+    /// Index of the event queue (after the request queues).
+    fn event_queue(&self) -> u16 {
+        self.num_queues as u16
+    }
+
+    /// The epoll id of the device's change eventfd (ids up to the number of
+    /// queues are the library's).
+    fn change_event_id(&self) -> u16 {
+        self.num_queues as u16 + 2
+    }
+
+    /// Makes thread 0 wake up on model changes. Call once per daemon.
+    pub fn register_change_listener(
+        &self,
+        daemon: &VhostUserDaemon<Arc<VhostUserNnBackend>>,
+    ) -> io::Result<()> {
+        let handlers = daemon.get_epoll_handlers();
+        let handler = handlers
+            .first()
+            .ok_or_else(|| io::Error::other("the daemon has no worker thread"))?;
+        handler.register_listener(
+            self.device.changed().as_raw_fd(),
+            EventSet::IN,
+            u64::from(self.change_event_id()),
+        )
+    }
+
+    /// Announces the current generation on the event queue if it has not
+    /// been announced yet and the driver has posted a buffer; otherwise the
+    /// change stays pending until the next buffer arrives.
+    fn announce(&self, vring: &VringRwLock) -> Result<(), Error> {
+        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return Ok(());
+        };
+        let mem = mem.memory();
+        let cfg = self.device.config();
+        let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
+        if *announced == cfg.generation {
+            return Ok(());
+        }
+        let Some(chain) = vring
+            .get_mut()
+            .get_queue_mut()
+            .pop_descriptor_chain(mem.clone())
+        else {
+            return Ok(());
+        };
+        let head = chain.head_index();
+        let event = Event {
+            kind: protocol::EVENT_CONFIG_CHANGED,
+            generation: cfg.generation,
+            status: cfg.status,
+            reserved: 0,
+        };
+        let written = match chain.writer(&mem) {
+            Ok(mut w) if w.available_bytes() >= Event::SIZE => {
+                w.write_all(&event.to_bytes()).is_ok()
+            }
+            _ => false,
+        };
+        if written {
+            *announced = cfg.generation;
+        } else {
+            // The buffer is returned empty; the event waits for a good one.
+            warn!("event buffer {head} cannot hold an event");
+        }
+        let len = if written { Event::SIZE as u32 } else { 0 };
+        if let Err(e) = vring.add_used(head, len) {
+            warn!("cannot return event buffer {head}: {e}");
+        }
+        match vring.needs_notification() {
+            Ok(false) => Ok(()),
+            Ok(true) | Err(_) => vring.signal_used_queue().map_err(Error::Signal),
+        }
     }
 
     /// Asks the worker threads to stop.
@@ -131,7 +216,7 @@ impl VhostUserBackend for VhostUserNnBackend {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        self.num_queues
+        self.num_queues + 1
     }
 
     fn max_queue_size(&self) -> usize {
@@ -139,7 +224,9 @@ impl VhostUserBackend for VhostUserNnBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.num_queues).map(|q| 1u64 << q).collect()
+        let mut masks: Vec<u64> = (0..self.num_queues).map(|q| 1u64 << q).collect();
+        masks[0] |= 1 << self.num_queues;
+        masks
     }
 
     fn features(&self) -> u64 {
@@ -184,8 +271,18 @@ impl VhostUserBackend for VhostUserNnBackend {
         if evset != EventSet::IN {
             return Err(Error::UnexpectedEvents(evset).into());
         }
+        if device_event == self.change_event_id() {
+            // Reset the eventfd counter; the generation itself is read from
+            // the device.
+            let _ = self.device.changed().read();
+            return Ok(self.announce(&vrings[usize::from(self.event_queue())])?);
+        }
+        if device_event == self.event_queue() {
+            return Ok(self.announce(&vrings[usize::from(device_event)])?);
+        }
         let vring = vrings
             .get(device_event as usize)
+            .filter(|_| device_event < self.event_queue())
             .ok_or(Error::UnknownQueue(device_event))?;
         if !*self.event_idx.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(self.process_queue(device_event, vring)?);

@@ -22,6 +22,11 @@
 //!   device-writable part with room for a [`ResponseHeader`] followed by
 //!   `num_samples * out_dim` Q16.16 outputs. Either part may be split over any
 //!   number of descriptors.
+//! * Queue `num_req_queues` (after the request queues) is the event queue:
+//!   the driver posts device-writable buffers of [`Event::SIZE`] bytes and
+//!   the device returns one, filled with an [`Event`], when the model
+//!   generation or the device status changes (the rust-vmm crates cannot send
+//!   a config-change interrupt, so this replaces it).
 
 #![allow(dead_code)]
 
@@ -80,6 +85,47 @@ pub const DEVICE_STATUS_READY: u32 = 0;
 pub const DEVICE_STATUS_NO_MODEL: u32 = 1;
 /// Device status: the device is failing (health check failed).
 pub const DEVICE_STATUS_ERROR: u32 = 2;
+
+/// Event: the config space changed (new generation or status); re-read it.
+pub const EVENT_CONFIG_CHANGED: u32 = 1;
+
+/// What the device writes into an event-queue buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// [`EVENT_CONFIG_CHANGED`].
+    pub kind: u32,
+    /// The generation in config space when the event was sent.
+    pub generation: u32,
+    /// The device status when the event was sent.
+    pub status: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+
+impl Event {
+    /// Encoded size in bytes.
+    pub const SIZE: usize = 16;
+
+    /// Decodes an event.
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            kind: le32(b, 0),
+            generation: le32(b, 4),
+            status: le32(b, 8),
+            reserved: le32(b, 12),
+        }
+    }
+
+    /// Encodes an event.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put32(&mut b, 0, self.kind);
+        put32(&mut b, 4, self.generation);
+        put32(&mut b, 8, self.status);
+        put32(&mut b, 12, self.reserved);
+        b
+    }
+}
 
 /// Opcode: run the model on every sample of the request.
 pub const OP_PREDICT: u32 = 1;
@@ -428,6 +474,19 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::BadLayers(8)));
         c.magic = 0;
         assert_eq!(c.validate(), Err(ConfigError::BadMagic(0)));
+    }
+
+    #[test]
+    fn event_round_trip() {
+        let e = Event {
+            kind: EVENT_CONFIG_CHANGED,
+            generation: 7,
+            status: DEVICE_STATUS_READY,
+            reserved: 0,
+        };
+        let b = e.to_bytes();
+        assert_eq!(&b[..8], &[1, 0, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(Event::from_bytes(&b), e);
     }
 
     #[test]
