@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Declarations of the C glue in `virtio_nn_glue.c`.
+//!
+//! These are the static tables and the wrappers around static inline kernel
+//! functions that Rust cannot call directly. Keep the prototypes in sync with
+//! the C file.
+
+use core::ffi::c_void;
+use kernel::bindings;
+use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong};
+
+// The kernel structs contain zero-sized members (e.g. when lockdep is off),
+// which the lint flags although only pointers to them cross the boundary,
+// as in the `bindings` crate.
+#[allow(improper_ctypes)]
+extern "C" {
+    /// The `proc_ops` of `/proc/neural_network/{predict,predict_q16}`.
+    pub(crate) static virtio_nn_proc_ops: bindings::proc_ops;
+
+    /// The prediction timeout (module parameter `timeout_ms`) in jiffies,
+    /// `MAX_SCHEDULE_TIMEOUT` for no limit.
+    pub(crate) fn virtio_nn_timeout_jiffies() -> c_long;
+
+    /// `register_virtio_driver()` of the static driver.
+    pub(crate) fn virtio_nn_register_driver() -> c_int;
+
+    /// `unregister_virtio_driver()` of the static driver.
+    pub(crate) fn virtio_nn_unregister_driver();
+
+    /// `virtio_cread32()`: one config-space read (a host round trip).
+    pub(crate) fn virtio_nn_cread32(vdev: *mut bindings::virtio_device, offset: c_uint) -> u32;
+
+    /// `virtio_has_feature()`.
+    pub(crate) fn virtio_nn_has_feature(vdev: *const bindings::virtio_device, fbit: c_uint)
+        -> bool;
+
+    /// `virtio_find_single_vq()` with the callback `virtio_nn_vq_done`;
+    /// returns the queue or an `ERR_PTR`.
+    pub(crate) fn virtio_nn_find_single_vq(
+        vdev: *mut bindings::virtio_device,
+        name: *const c_char,
+    ) -> *mut bindings::virtqueue;
+
+    /// `virtio_device_ready()`.
+    pub(crate) fn virtio_nn_device_ready(vdev: *mut bindings::virtio_device);
+
+    /// `vdev->config->del_vqs(vdev)`.
+    pub(crate) fn virtio_nn_del_vqs(vdev: *mut bindings::virtio_device);
+
+    /// `init_completion()`.
+    pub(crate) fn virtio_nn_init_completion(x: *mut bindings::completion);
+
+    /// `spin_lock_irqsave()`; returns the flags.
+    pub(crate) fn virtio_nn_spin_lock_irqsave(lock: *mut bindings::spinlock_t) -> c_ulong;
+
+    /// `spin_unlock_irqrestore()`.
+    pub(crate) fn virtio_nn_spin_unlock_irqrestore(lock: *mut bindings::spinlock_t, flags: c_ulong);
+
+    /// `pid_nr(task_session(current))`.
+    pub(crate) fn virtio_nn_current_session() -> c_int;
+
+    /// `pde_data()`: the data pointer of a proc entry.
+    pub(crate) fn virtio_nn_pde_data(inode: *const bindings::inode) -> *mut c_void;
+
+    /// `sysfs_create_file()` of the static `model_info` attribute.
+    pub(crate) fn virtio_nn_sysfs_create_file(kobj: *mut bindings::kobject) -> c_int;
+
+    /// `sysfs_remove_file()` of the static `model_info` attribute.
+    pub(crate) fn virtio_nn_sysfs_remove_file(kobj: *mut bindings::kobject);
+}

@@ -1,0 +1,268 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/proc/neural_network/predict` and `/proc/neural_network/predict_q16`.
+//!
+//! A write parses the values (see [`crate::parse`]), runs the prediction on
+//! the current device and returns the byte count; on any error nothing
+//! changes. A read returns the answer of the last successful write on the
+//! same open file or, if that file made none, the last answer made in the
+//! caller's session (see [`crate::session`]); `ENODATA` if there is none.
+//! A write resets the file position, so the next read starts at the new
+//! answer's beginning.
+//!
+//! The entries live as long as the module and look up the current device at
+//! each write (`ENODEV` when there is none), so they survive unplug/replug.
+
+use crate::glue;
+use crate::parse::{self, Format};
+use crate::session::Answer;
+use core::ffi::c_void;
+use core::ptr;
+use kernel::bindings;
+use kernel::ffi::{c_char, c_int};
+use kernel::prelude::*;
+use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::uaccess::UserSlice;
+use kernel::{c_str, error::from_result};
+
+/// `pde_data` values of the two entries (never null).
+const PDE_WHOLE: usize = 1;
+const PDE_Q16: usize = 2;
+
+/// The per-open-file state (`file->private_data`).
+#[pin_data]
+struct OpenFile {
+    format: Format,
+    #[pin]
+    answers: Mutex<FileAnswers>,
+}
+
+struct FileAnswers {
+    /// The answer of the last successful write on this file.
+    own: Option<Arc<Answer>>,
+    /// The session's answer this file is being read from (taken at a read
+    /// at position 0, so that partial reads see one answer).
+    session: Option<Arc<Answer>>,
+}
+
+/// `/proc/neural_network` and its entries; removed on drop.
+pub(crate) struct ProcEntries {
+    dir: *mut bindings::proc_dir_entry,
+}
+
+// SAFETY: The entry pointer is only used to remove the entries, from any
+// thread.
+unsafe impl Send for ProcEntries {}
+// SAFETY: `ProcEntries` has no `&self` methods.
+unsafe impl Sync for ProcEntries {}
+
+impl ProcEntries {
+    /// Creates `/proc/neural_network/{predict,predict_q16}`, mode 0666.
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: The name is a static C string; null means `/proc`.
+        let dir = unsafe {
+            bindings::proc_mkdir(c_str!("neural_network").as_char_ptr(), ptr::null_mut())
+        };
+        if dir.is_null() {
+            return Err(ENOMEM);
+        }
+        let this = Self { dir };
+        for (name, data) in [
+            (c_str!("predict"), PDE_WHOLE),
+            (c_str!("predict_q16"), PDE_Q16),
+        ] {
+            // SAFETY: `dir` is live; the name is static; the proc_ops table
+            // is a static in the glue.
+            let pde = unsafe {
+                bindings::proc_create_data(
+                    name.as_char_ptr(),
+                    0o666,
+                    this.dir,
+                    &glue::virtio_nn_proc_ops,
+                    data as *mut c_void,
+                )
+            };
+            if pde.is_null() {
+                return Err(ENOMEM);
+            }
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for ProcEntries {
+    fn drop(&mut self) {
+        // SAFETY: `dir` is live. This waits for the running callbacks and
+        // releases the files still open.
+        unsafe { bindings::proc_remove(self.dir) };
+    }
+}
+
+/// The open file of `file`.
+///
+/// # Safety
+///
+/// `file` must be a file opened by [`virtio_nn_proc_open`] and not yet
+/// released.
+unsafe fn open_file<'a>(file: *mut bindings::file) -> &'a OpenFile {
+    // SAFETY: `private_data` holds the reference from `open` until release.
+    unsafe { &*(*file).private_data.cast::<OpenFile>() }
+}
+
+fn session() -> i32 {
+    // SAFETY: No preconditions.
+    unsafe { glue::virtio_nn_current_session() }
+}
+
+fn write(
+    of: &OpenFile,
+    buf: *const c_char,
+    count: usize,
+    pos: *mut bindings::loff_t,
+) -> Result<isize> {
+    if count == 0 || count > parse::MAX_WRITE_LEN {
+        return Err(EINVAL);
+    }
+    let mut text = KVec::new();
+    UserSlice::new(buf as usize, count).read_all(&mut text, GFP_KERNEL)?;
+    let n = parse::count_fields(&text);
+    if n == 0 || n > crate::protocol::MAX_DIM as usize {
+        return Err(EINVAL);
+    }
+    let mut inputs = KVec::from_elem(0i32, n, GFP_KERNEL)?;
+    parse::parse_values(&text, of.format, &mut inputs).map_err(|_| EINVAL)?;
+
+    let globals = crate::globals()?;
+    let device = globals.device.lock().clone().ok_or(ENODEV)?;
+    let outputs = device.predict(&inputs)?;
+
+    let mut out = KVec::from_elem(
+        0u8,
+        outputs.len() * parse::MAX_FORMATTED_VALUE_LEN + 1,
+        GFP_KERNEL,
+    )?;
+    let len = parse::format_values(&outputs, of.format, &mut out);
+    // SAFETY: `len <= out.len()`, so the kept bytes are initialised; `u8`
+    // needs no drop.
+    unsafe { out.set_len(len) };
+    let answer = Arc::new(Answer { text: out }, GFP_KERNEL)?;
+
+    globals.sessions.lock()[table_index(of.format)].insert(session(), answer.clone());
+    {
+        let mut answers = of.answers.lock();
+        answers.own = Some(answer);
+        answers.session = None;
+    }
+    globals
+        .predictions
+        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    // SAFETY: `pos` is valid (VFS).
+    unsafe { *pos = 0 };
+    Ok(count as isize)
+}
+
+fn table_index(format: Format) -> usize {
+    match format {
+        Format::Whole => 0,
+        Format::Q16 => 1,
+    }
+}
+
+fn read(
+    of: &OpenFile,
+    buf: *mut c_char,
+    count: usize,
+    pos: *mut bindings::loff_t,
+) -> Result<isize> {
+    // SAFETY: `pos` is valid (VFS).
+    let start = usize::try_from(unsafe { *pos }).map_err(|_| EINVAL)?;
+    let answer = {
+        let mut answers = of.answers.lock();
+        if let Some(own) = &answers.own {
+            own.clone()
+        } else {
+            if start == 0 || answers.session.is_none() {
+                let globals = crate::globals()?;
+                answers.session = globals.sessions.lock()[table_index(of.format)].get(session());
+            }
+            answers
+                .session
+                .clone()
+                .ok_or(Error::from_errno(-(bindings::ENODATA as i32)))?
+        }
+    };
+    let text = &answer.text;
+    if start >= text.len() {
+        return Ok(0);
+    }
+    let n = count.min(text.len() - start);
+    UserSlice::new(buf as usize, n)
+        .writer()
+        .write_slice(&text[start..start + n])?;
+    // SAFETY: `pos` is valid (VFS).
+    unsafe { *pos += n as bindings::loff_t };
+    Ok(n as isize)
+}
+
+/// `proc_ops.proc_open`.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_proc_open(
+    inode: *mut bindings::inode,
+    file: *mut bindings::file,
+) -> c_int {
+    from_result(|| {
+        // SAFETY: `inode` is the entry's inode.
+        let format = match unsafe { glue::virtio_nn_pde_data(inode) } as usize {
+            PDE_Q16 => Format::Q16,
+            _ => Format::Whole,
+        };
+        let of = Arc::pin_init(
+            pin_init!(OpenFile {
+                format,
+                answers <- new_mutex!(FileAnswers { own: None, session: None }, "virtio_nn_file"),
+            }),
+            GFP_KERNEL,
+        )?;
+        // SAFETY: `file` is being opened; the reference is dropped at release.
+        unsafe { (*file).private_data = Arc::into_raw(of).cast_mut().cast() };
+        Ok(0)
+    })
+}
+
+/// `proc_ops.proc_release`.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_proc_release(
+    _inode: *mut bindings::inode,
+    file: *mut bindings::file,
+) -> c_int {
+    // SAFETY: `private_data` holds the reference from `open`; this is the
+    // last use of the file.
+    drop(unsafe { Arc::from_raw((*file).private_data.cast::<OpenFile>()) });
+    0
+}
+
+/// `proc_ops.proc_write`.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_proc_write(
+    file: *mut bindings::file,
+    buf: *const c_char,
+    count: usize,
+    pos: *mut bindings::loff_t,
+) -> isize {
+    // SAFETY: The VFS calls this on a file opened by `virtio_nn_proc_open`.
+    let of = unsafe { open_file(file) };
+    from_result(|| write(of, buf, count, pos))
+}
+
+/// `proc_ops.proc_read`.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_proc_read(
+    file: *mut bindings::file,
+    buf: *mut c_char,
+    count: usize,
+    pos: *mut bindings::loff_t,
+) -> isize {
+    // SAFETY: The VFS calls this on a file opened by `virtio_nn_proc_open`.
+    let of = unsafe { open_file(file) };
+    from_result(|| read(of, buf, count, pos))
+}

@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One prediction request: its buffers, its completion and its lifetime.
+//!
+//! A [`Request`] is a reference-counted object that holds, in one kmalloc'd
+//! buffer, the device-readable part of the descriptor chain (a
+//! [`RequestHeader`] and the inputs) followed by the device-writable part (room
+//! for a [`ResponseHeader`] and the outputs). The waiter holds one reference;
+//! while the request is on the virtqueue the device holds another, as the
+//! queue's token. Whoever drops the last reference frees the buffers, so a
+//! waiter that gives up (timeout, fatal signal) never frees memory that the
+//! device may still write: a late answer lands in memory that is still ours and
+//! is dropped when the device hands the buffers back.
+
+use crate::glue;
+use crate::protocol::{RequestHeader, ResponseHeader, OP_PREDICT};
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use kernel::bindings;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+use kernel::types::Opaque;
+
+/// A prediction request for one sample.
+#[pin_data]
+pub(crate) struct Request {
+    /// Completed once the device has handed the request back (or will
+    /// never do so because it went away).
+    #[pin]
+    done: Opaque<bindings::completion>,
+    /// The id in the request header, echoed by the device.
+    id: u64,
+    /// The device-readable part (`readable_len` bytes), then the
+    /// device-writable part. Only accessed through raw pointers while the
+    /// device owns it, and read by the driver only after `done`.
+    buf: KVec<u8>,
+    /// Length of the device-readable part.
+    readable_len: usize,
+    /// Bytes the device wrote into the writable part (the used length).
+    used_len: AtomicU32,
+    /// 0, or a negative errno if the request was failed without an answer.
+    error: AtomicI32,
+}
+
+impl Request {
+    /// Creates a request with the given id and inputs whose answer has room
+    /// for `out_dim` outputs.
+    pub(crate) fn new(id: u64, inputs: &[i32], out_dim: usize) -> Result<Arc<Self>> {
+        let in_dim = u32::try_from(inputs.len()).map_err(|_| EINVAL)?;
+        let header = RequestHeader {
+            opcode: OP_PREDICT,
+            flags: 0,
+            id,
+            num_samples: 1,
+            in_dim,
+        };
+        let readable_len = RequestHeader::SIZE + inputs.len() * 4;
+        let writable_len = ResponseHeader::SIZE + out_dim * 4;
+        let mut buf = KVec::with_capacity(readable_len + writable_len, GFP_KERNEL)?;
+        buf.extend_from_slice(&header.to_bytes(), GFP_KERNEL)?;
+        for v in inputs {
+            buf.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL)?;
+        }
+        buf.extend_with(writable_len, 0, GFP_KERNEL)?;
+        Arc::pin_init(
+            pin_init!(Self {
+                // SAFETY: `slot` is valid for writes and pinned: the
+                // completion stays where it is initialised.
+                done <- Opaque::ffi_init(|slot| unsafe { glue::virtio_nn_init_completion(slot) }),
+                id,
+                buf,
+                readable_len,
+                used_len: AtomicU32::new(0),
+                error: AtomicI32::new(0),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// Address and length of the device-readable part.
+    pub(crate) fn readable(&self) -> (*const u8, usize) {
+        (self.buf.as_ptr(), self.readable_len)
+    }
+
+    /// Address and length of the device-writable part.
+    pub(crate) fn writable(&self) -> (*const u8, usize) {
+        // SAFETY: `readable_len <= buf.len()`, so the result is within (or one
+        // past the end of) the allocation.
+        let start = unsafe { self.buf.as_ptr().add(self.readable_len) };
+        (start, self.buf.len() - self.readable_len)
+    }
+
+    /// Gives the device a reference: the token to put on the virtqueue.
+    pub(crate) fn into_token(this: Arc<Self>) -> *mut c_void {
+        Arc::into_raw(this).cast_mut().cast()
+    }
+
+    /// Takes back the reference of a token that never reached the device.
+    ///
+    /// # Safety
+    ///
+    /// `token` must come from [`Request::into_token`] and not have been
+    /// given back before.
+    pub(crate) unsafe fn drop_token(token: *mut c_void) {
+        // SAFETY: Guaranteed by the caller.
+        drop(unsafe { Arc::from_raw(token.cast::<Self>()) });
+    }
+
+    /// Completes the request of a token the device handed back (`error` 0,
+    /// `used_len` from the used ring) or that is failed (`error` a negative
+    /// errno), and drops the device's reference. May run in interrupt
+    /// context.
+    ///
+    /// # Safety
+    ///
+    /// `token` must come from [`Request::into_token`] and not have been
+    /// given back before, and the device must no longer access the buffers.
+    pub(crate) unsafe fn complete_token(token: *mut c_void, used_len: u32, error: i32) {
+        // SAFETY: Guaranteed by the caller.
+        let req = unsafe { Arc::from_raw(token.cast::<Self>()) };
+        req.used_len.store(used_len, Ordering::Release);
+        req.error.store(error, Ordering::Release);
+        // SAFETY: `done` was initialised in `new`.
+        unsafe { bindings::complete(req.done.get()) };
+    }
+
+    /// Waits until the request completes, for the module's `timeout_ms` at
+    /// most; fatal signals interrupt the wait. On error, the caller must drop
+    /// its reference without touching the buffers.
+    pub(crate) fn wait(&self) -> Result<Completed<'_>> {
+        // SAFETY: No preconditions.
+        let timeout = unsafe { glue::virtio_nn_timeout_jiffies() };
+        // SAFETY: `done` was initialised in `new`; `timeout` is positive.
+        let left = unsafe {
+            bindings::wait_for_completion_killable_timeout(self.done.get(), timeout as _)
+        };
+        if left == 0 {
+            return Err(Error::from_errno(-(bindings::ETIMEDOUT as i32)));
+        }
+        if left < 0 {
+            return Err(EINTR);
+        }
+        let error = self.error.load(Ordering::Acquire);
+        if error != 0 {
+            return Err(Error::from_errno(error));
+        }
+        Ok(Completed { req: self })
+    }
+}
+
+// SAFETY: The buffers are only read through `Completed`, which exists only
+// once the device is done with them; everything else is immutable, atomic or
+// the completion, which has its own locking.
+unsafe impl Send for Request {}
+// SAFETY: See `Send`.
+unsafe impl Sync for Request {}
+
+/// A request the device has answered: its response may be read.
+pub(crate) struct Completed<'a> {
+    req: &'a Request,
+}
+
+impl Completed<'_> {
+    /// The bytes the device wrote: the response header and the outputs.
+    pub(crate) fn response(&self) -> &[u8] {
+        let used = self.req.used_len.load(Ordering::Acquire) as usize;
+        let writable = &self.req.buf[self.req.readable_len..];
+        &writable[..used.min(writable.len())]
+    }
+}

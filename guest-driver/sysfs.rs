@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! `/sys/kernel/neural_network/model_info`.
+//!
+//! ```text
+//! Model: 16x32x4
+//! Status: active
+//! Generation: 1
+//! Predictions: 42
+//! ```
+//!
+//! The values come from the config space as last read by the driver (at
+//! probe, and again when the model may have changed): reading this file costs
+//! no round trip to the host. `Status` is `active`, `no model`, `error` or
+//! `no device`; `Predictions` counts the successful predictions since the
+//! module was loaded.
+
+use crate::glue;
+use crate::protocol::{self, DeviceConfig};
+use core::fmt::{self, Write};
+use core::sync::atomic::Ordering;
+use kernel::bindings;
+use kernel::ffi::c_char;
+use kernel::prelude::*;
+use kernel::{c_str, error::from_result};
+
+/// Shows the layer widths of a model, e.g. `16x32x4`.
+pub(crate) struct ModelName<'a>(pub(crate) &'a DeviceConfig);
+
+impl fmt::Display for ModelName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        if c.status == protocol::DEVICE_STATUS_NO_MODEL || c.num_layers == 0 {
+            return f.write_str("none");
+        }
+        let used = (c.num_layers as usize).min(protocol::MAX_LAYERS);
+        for (i, d) in c.dims[..=used].iter().enumerate() {
+            if i > 0 {
+                f.write_char('x')?;
+            }
+            write!(f, "{}", d)?;
+        }
+        Ok(())
+    }
+}
+
+/// `/sys/kernel/neural_network`; removed on drop.
+pub(crate) struct SysfsDir {
+    kobj: *mut bindings::kobject,
+}
+
+// SAFETY: The kobject pointer is only used to remove it, from any thread.
+unsafe impl Send for SysfsDir {}
+// SAFETY: `SysfsDir` has no `&self` methods.
+unsafe impl Sync for SysfsDir {}
+
+impl SysfsDir {
+    /// Creates `/sys/kernel/neural_network/model_info`.
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: The name is a static C string; `kernel_kobj` is set up at
+        // boot.
+        let kobj = unsafe {
+            bindings::kobject_create_and_add(
+                c_str!("neural_network").as_char_ptr(),
+                bindings::kernel_kobj,
+            )
+        };
+        if kobj.is_null() {
+            return Err(ENOMEM);
+        }
+        // SAFETY: `kobj` is live.
+        let ret = unsafe { glue::virtio_nn_sysfs_create_file(kobj) };
+        if ret != 0 {
+            // SAFETY: `kobj` is ours.
+            unsafe { bindings::kobject_put(kobj) };
+            return Err(Error::from_errno(ret));
+        }
+        Ok(Self { kobj })
+    }
+}
+
+impl Drop for SysfsDir {
+    fn drop(&mut self) {
+        // SAFETY: `kobj` is live and has the attribute. Removing the file
+        // waits for running `show` calls.
+        unsafe {
+            glue::virtio_nn_sysfs_remove_file(self.kobj);
+            bindings::kobject_put(self.kobj);
+        }
+    }
+}
+
+/// Writes into a byte slice, failing when it is full.
+struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Write for SliceWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(fmt::Error)?;
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+fn model_info(out: &mut [u8]) -> Result<isize> {
+    let globals = crate::globals()?;
+    let device = globals.device.lock().clone();
+    let cfg = device.map(|d| d.model_info().cfg);
+    let status = match cfg.map(|c| c.status) {
+        None => "no device",
+        Some(protocol::DEVICE_STATUS_READY) => "active",
+        Some(protocol::DEVICE_STATUS_NO_MODEL) => "no model",
+        Some(_) => "error",
+    };
+    let cfg = cfg.unwrap_or_default();
+    let mut w = SliceWriter { buf: out, len: 0 };
+    write!(
+        w,
+        "Model: {}\nStatus: {}\nGeneration: {}\nPredictions: {}\n",
+        ModelName(&cfg),
+        status,
+        cfg.generation,
+        globals.predictions.load(Ordering::Relaxed)
+    )
+    .map_err(|_| EINVAL)?;
+    Ok(w.len as isize)
+}
+
+/// `show` of `model_info`; `buf` is a page.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_model_info_show(buf: *mut c_char) -> isize {
+    // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
+    let out =
+        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), bindings::PAGE_SIZE as usize) };
+    from_result(|| model_info(out))
+}

@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * virtio-nn guest driver: the interface between the C glue
+ * (virtio_nn_glue.c) and the Rust crate (virtio_nn_main.rs). The Rust side
+ * declares the same functions in glue.rs; keep the two in sync.
+ */
+#ifndef VIRTIO_NN_GLUE_H
+#define VIRTIO_NN_GLUE_H
+
+#include <linux/spinlock_types.h>
+#include <linux/types.h>
+
+struct completion;
+struct file;
+struct inode;
+struct kobject;
+struct proc_ops;
+struct virtio_device;
+struct virtqueue;
+
+/* --- Callbacks implemented in Rust ------------------------------------ */
+
+int virtio_nn_probe(struct virtio_device *vdev);
+void virtio_nn_remove(struct virtio_device *vdev);
+void virtio_nn_config_changed(struct virtio_device *vdev);
+void virtio_nn_vq_done(struct virtqueue *vq);
+
+int virtio_nn_proc_open(struct inode *inode, struct file *file);
+ssize_t virtio_nn_proc_read(struct file *file, char __user *buf, size_t count,
+			    loff_t *pos);
+ssize_t virtio_nn_proc_write(struct file *file, const char __user *buf,
+			     size_t count, loff_t *pos);
+int virtio_nn_proc_release(struct inode *inode, struct file *file);
+
+ssize_t virtio_nn_model_info_show(char *buf);
+
+/* --- Helpers called from Rust (declared again in glue.rs) -------------- */
+
+long virtio_nn_timeout_jiffies(void);
+int virtio_nn_register_driver(void);
+void virtio_nn_unregister_driver(void);
+u32 virtio_nn_cread32(struct virtio_device *vdev, unsigned int offset);
+bool virtio_nn_has_feature(const struct virtio_device *vdev, unsigned int fbit);
+struct virtqueue *virtio_nn_find_single_vq(struct virtio_device *vdev,
+					   const char *name);
+void virtio_nn_device_ready(struct virtio_device *vdev);
+void virtio_nn_del_vqs(struct virtio_device *vdev);
+void virtio_nn_init_completion(struct completion *x);
+unsigned long virtio_nn_spin_lock_irqsave(spinlock_t *lock);
+void virtio_nn_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
+int virtio_nn_current_session(void);
+void *virtio_nn_pde_data(const struct inode *inode);
+int virtio_nn_sysfs_create_file(struct kobject *kobj);
+void virtio_nn_sysfs_remove_file(struct kobject *kobj);
+extern const struct proc_ops virtio_nn_proc_ops;
+
+#endif /* VIRTIO_NN_GLUE_H */
