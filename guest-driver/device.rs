@@ -11,6 +11,7 @@
 //!   serialises config reads, which sleep (each is a round trip to the host).
 //!   A null `vdev` there means the device is going away.
 
+use crate::events::EventQueue;
 use crate::glue;
 use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::protocol::{self, cfg, DeviceConfig, ResponseHeader};
@@ -67,6 +68,9 @@ pub(crate) struct NnDevice {
     config_stale: AtomicBool,
     /// Id of the next request.
     next_id: AtomicU64,
+    /// The event queue, if the device has one.
+    #[pin]
+    events: EventQueue,
 }
 
 /// A summary of the model for `model_info`.
@@ -86,37 +90,64 @@ impl NnDevice {
             config <- new_mutex!(ConfigState { vdev, cfg }, "virtio_nn_config"),
             config_stale: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            events <- EventQueue::new(),
         })
     }
 
-    /// The cached model description (no config-space read).
+    /// The model description: the cached config, read again first if an
+    /// event said it changed.
     pub(crate) fn model_info(&self) -> ModelInfo {
-        ModelInfo {
-            cfg: self.config.lock().cfg,
+        let mut state = self.config.lock();
+        if !state.vdev.is_null() && self.config_stale.swap(false, Ordering::Relaxed) {
+            match read_config(state.vdev, self.index) {
+                Ok(cfg) => state.cfg = cfg,
+                Err(_) => self.config_stale.store(true, Ordering::Relaxed),
+            }
         }
+        ModelInfo { cfg: state.cfg }
     }
 
     /// Runs the model on one sample; `inputs` are Q16.16 values and must
     /// be as many as the model's input width. Returns the Q16.16 outputs.
+    ///
+    /// If the model was swapped for one with another output width while the
+    /// request was built (the answer comes from a newer generation and does
+    /// not fit), the config is read again and the request sent once more.
     pub(crate) fn predict(&self, inputs: &[i32]) -> Result<KVec<i32>> {
-        let cfg = self.current_config()?;
-        if inputs.len() != cfg.input_dim() as usize {
-            return Err(EINVAL);
+        let mut retried = false;
+        loop {
+            let mut cfg = self.current_config(false)?;
+            if inputs.len() != cfg.input_dim() as usize {
+                // Wrong width, or a model swap the driver has not heard of:
+                // one round trip (the generation) tells.
+                cfg = self.current_config(true)?;
+                if inputs.len() != cfg.input_dim() as usize {
+                    return Err(EINVAL);
+                }
+            }
+            let out_dim = cfg.output_dim() as usize;
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let req = Request::new(id, inputs, out_dim)?;
+            self.submit(&req)?;
+            let done = req.wait()?;
+            match self.check_answer(&done, &cfg, id, out_dim)? {
+                Some(outputs) => return Ok(outputs),
+                None if !retried => retried = true,
+                None => return Err(EIO),
+            }
         }
-        let out_dim = cfg.output_dim() as usize;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let req = Request::new(id, inputs, out_dim)?;
-        self.submit(&req)?;
-        let done = req.wait()?;
-        self.check_answer(&done, &cfg, id, out_dim)
     }
 
-    /// The config space, read again if it may have changed. Fails with
-    /// `ENODEV` if the device is gone or has no model.
-    fn current_config(&self) -> Result<DeviceConfig> {
+    /// The config space, read again if it may have changed (or, with
+    /// `recheck`, if its generation field changed). Fails with `ENODEV` if
+    /// the device is gone or has no model.
+    fn current_config(&self, recheck: bool) -> Result<DeviceConfig> {
         let mut state = self.config.lock();
         if state.vdev.is_null() {
             return Err(ENODEV);
+        }
+        if recheck && cread(state.vdev, cfg::GENERATION) != state.cfg.generation {
+            self.config_stale.store(true, Ordering::Relaxed);
         }
         if self.config_stale.swap(false, Ordering::Relaxed)
             || state.cfg.status != protocol::DEVICE_STATUS_READY
@@ -196,14 +227,16 @@ impl NnDevice {
         }
     }
 
-    /// Checks the device's answer to request `id` and returns its outputs.
+    /// Checks the device's answer to request `id` and returns its outputs,
+    /// or `None` if a model of another generation answered and the answer
+    /// does not fit what `cfg` describes (the config is then stale).
     fn check_answer(
         &self,
         done: &Completed<'_>,
         cfg: &DeviceConfig,
         id: u64,
         out_dim: usize,
-    ) -> Result<KVec<i32>> {
+    ) -> Result<Option<KVec<i32>>> {
         let resp = done.response();
         let Some(header) = resp.first_chunk::<{ ResponseHeader::SIZE }>() else {
             pr_warn!(
@@ -214,7 +247,8 @@ impl NnDevice {
             return Err(EIO);
         };
         let header = ResponseHeader::from_bytes(header);
-        if header.generation != cfg.generation {
+        let model_changed = header.generation != cfg.generation;
+        if model_changed {
             // Another model answered: read its dims before the next request.
             self.config_stale.store(true, Ordering::Relaxed);
         }
@@ -229,6 +263,7 @@ impl NnDevice {
         }
         match header.status {
             protocol::STATUS_OK => {}
+            protocol::STATUS_NO_SPACE if model_changed => return Ok(None),
             status => {
                 if matches!(
                     status,
@@ -240,6 +275,9 @@ impl NnDevice {
                 }
                 return Err(status_to_error(status));
             }
+        }
+        if model_changed && header.num_samples == 1 && header.out_dim as usize != out_dim {
+            return Ok(None);
         }
         if header.num_samples != 1 || header.out_dim as usize != out_dim {
             pr_warn!(
@@ -268,7 +306,7 @@ impl NnDevice {
             let b = &payload[4 * i..4 * i + 4];
             *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
-        Ok(outputs)
+        Ok(Some(outputs))
     }
 
     /// Completes every request the device has handed back. Runs in
@@ -309,6 +347,7 @@ impl NnDevice {
     unsafe fn teardown(&self, vdev: *mut bindings::virtio_device) {
         self.config.lock().vdev = ptr::null_mut();
         let vq = core::mem::replace(&mut self.vq.lock().vq, ptr::null_mut());
+        let event_vq = self.events.stop();
         // Submitters waiting for room see the device gone.
         self.vq_space.notify_all();
         // SAFETY: `vdev` is valid (caller). After the reset the device uses
@@ -337,6 +376,10 @@ impl NnDevice {
                     failed
                 );
             }
+        }
+        if !event_vq.is_null() {
+            // SAFETY: From `stop`; the queue exists and the device is reset.
+            unsafe { self.events.drain(event_vq) };
         }
         // SAFETY: `vdev` is valid and reset; its queues are unused.
         unsafe { glue::virtio_nn_del_vqs(vdev) };
@@ -427,22 +470,23 @@ fn probe(vdev: *mut bindings::virtio_device) -> Result {
     // dropped in `remove`.
     // SAFETY: `vdev` is valid and its queues do not exist yet.
     unsafe { (*vdev).priv_ = Arc::into_raw(dev.clone()).cast_mut().cast() };
-    // SAFETY: `vdev` is valid; the name is a static C string.
-    let vq = unsafe { glue::virtio_nn_find_single_vq(vdev, c_str!("requests").as_char_ptr()) };
-    if let Err(e) = kernel::error::from_err_ptr(vq) {
-        // SAFETY: `priv` holds the reference taken above; no callback can
-        // run without queues.
-        unsafe { drop_priv(vdev) };
-        pr_err!(
-            "virtio{}: cannot set up the request queue: {:?}\n",
-            index,
-            e
-        );
-        return Err(e);
-    }
+    let (vq, event_vq) = match find_vqs(vdev, cfg.num_req_queues == 1) {
+        Ok(vqs) => vqs,
+        Err(e) => {
+            // SAFETY: `priv` holds the reference taken above; no callback
+            // can run without queues.
+            unsafe { drop_priv(vdev) };
+            pr_err!("virtio{}: cannot set up the queues: {:?}\n", index, e);
+            return Err(e);
+        }
+    };
     dev.vq.lock().vq = vq;
-    // SAFETY: `vdev` is valid and its queue is set up.
+    // SAFETY: `vdev` is valid and its queues are set up.
     unsafe { glue::virtio_nn_device_ready(vdev) };
+    if let Some(event_vq) = event_vq {
+        // SAFETY: The event queue was just set up and the device is ready.
+        unsafe { dev.events.start(event_vq) };
+    }
 
     {
         let mut current = globals.device.lock();
@@ -464,6 +508,43 @@ fn probe(vdev: *mut bindings::virtio_device) -> Result {
     // SAFETY: As above, and no callback runs after `teardown`.
     unsafe { drop_priv(vdev) };
     Err(EBUSY)
+}
+
+/// Sets up request queue 0 and, if `with_events`, the event queue after it
+/// (queue 1); falls back to the request queue alone if the device has no
+/// event queue.
+fn find_vqs(
+    vdev: *mut bindings::virtio_device,
+    with_events: bool,
+) -> Result<(*mut bindings::virtqueue, Option<*mut bindings::virtqueue>)> {
+    let infos = [
+        bindings::virtqueue_info {
+            name: c_str!("requests").as_char_ptr(),
+            callback: Some(virtio_nn_vq_done),
+            ctx: false,
+        },
+        bindings::virtqueue_info {
+            name: c_str!("events").as_char_ptr(),
+            callback: Some(virtio_nn_event_done),
+            ctx: false,
+        },
+    ];
+    let mut vqs = [ptr::null_mut(); 2];
+    if with_events {
+        let mut infos = infos;
+        // SAFETY: `vdev` is valid, without queues; both arrays have 2 entries.
+        let ret =
+            unsafe { glue::virtio_nn_find_vqs(vdev, 2, vqs.as_mut_ptr(), infos.as_mut_ptr()) };
+        if ret == 0 {
+            return Ok((vqs[0], Some(vqs[1])));
+        }
+    }
+    let mut infos = infos;
+    // SAFETY: `vdev` is valid, without queues; the arrays have 1 entry or
+    // more.
+    let ret = unsafe { glue::virtio_nn_find_vqs(vdev, 1, vqs.as_mut_ptr(), infos.as_mut_ptr()) };
+    kernel::error::to_result(ret)?;
+    Ok((vqs[0], None))
 }
 
 /// Drops the device reference held by `vdev->priv` and clears it.
@@ -532,4 +613,19 @@ pub(crate) extern "C" fn virtio_nn_vq_done(vq: *mut bindings::virtqueue) {
     // drops it, and that happens only after the queue is gone.
     let dev = unsafe { ArcBorrow::<NnDevice>::from_raw(p.cast()) };
     dev.vq_done(vq);
+}
+
+/// The event queue callback (interrupt context).
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_event_done(vq: *mut bindings::virtqueue) {
+    // SAFETY: The callback only runs for live queues of a bound device.
+    let p = unsafe { (*(*vq).vdev).priv_ } as *const c_void;
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: As in `virtio_nn_vq_done`.
+    let dev = unsafe { ArcBorrow::<NnDevice>::from_raw(p.cast()) };
+    if dev.events.done(vq) {
+        dev.config_stale.store(true, Ordering::Relaxed);
+    }
 }

@@ -8,7 +8,7 @@
 
 use core::ffi::c_void;
 use kernel::bindings;
-use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong};
+use kernel::ffi::{c_int, c_long, c_uint, c_ulong};
 
 // The kernel structs contain zero-sized members (e.g. when lockdep is off),
 // which the lint flags although only pointers to them cross the boundary,
@@ -35,12 +35,13 @@ extern "C" {
     pub(crate) fn virtio_nn_has_feature(vdev: *const bindings::virtio_device, fbit: c_uint)
         -> bool;
 
-    /// `virtio_find_single_vq()` with the callback `virtio_nn_vq_done`;
-    /// returns the queue or an `ERR_PTR`.
-    pub(crate) fn virtio_nn_find_single_vq(
+    /// `virtio_find_vqs()` without interrupt affinity.
+    pub(crate) fn virtio_nn_find_vqs(
         vdev: *mut bindings::virtio_device,
-        name: *const c_char,
-    ) -> *mut bindings::virtqueue;
+        nvqs: c_uint,
+        vqs: *mut *mut bindings::virtqueue,
+        vqs_info: *mut bindings::virtqueue_info,
+    ) -> c_int;
 
     /// `virtio_device_ready()`.
     pub(crate) fn virtio_nn_device_ready(vdev: *mut bindings::virtio_device);

@@ -11,7 +11,8 @@
 //!
 //! The values come from the config space as last read by the driver (at
 //! probe, and again when the model may have changed): reading this file costs
-//! no round trip to the host. `Status` is `active`, `no model`, `error` or
+//! no round trip to the host, unless an event said the config changed (then
+//! it is read again first). `Status` is `active`, `no model`, `error` or
 //! `no device`; `Predictions` counts the successful predictions since the
 //! module was loaded.
 

@@ -95,11 +95,11 @@ bool virtio_nn_has_feature(const struct virtio_device *vdev, unsigned int fbit)
 	return virtio_has_feature(vdev, fbit);
 }
 
-/* Returns the queue or an ERR_PTR. */
-struct virtqueue *virtio_nn_find_single_vq(struct virtio_device *vdev,
-					   const char *name)
+int virtio_nn_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
+		       struct virtqueue *vqs[],
+		       struct virtqueue_info vqs_info[])
 {
-	return virtio_find_single_vq(vdev, virtio_nn_vq_done, name);
+	return virtio_find_vqs(vdev, nvqs, vqs, vqs_info, NULL);
 }
 
 void virtio_nn_device_ready(struct virtio_device *vdev)

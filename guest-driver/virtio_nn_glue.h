@@ -17,6 +17,7 @@ struct kobject;
 struct proc_ops;
 struct virtio_device;
 struct virtqueue;
+struct virtqueue_info;
 
 /* --- Callbacks implemented in Rust ------------------------------------ */
 
@@ -24,6 +25,7 @@ int virtio_nn_probe(struct virtio_device *vdev);
 void virtio_nn_remove(struct virtio_device *vdev);
 void virtio_nn_config_changed(struct virtio_device *vdev);
 void virtio_nn_vq_done(struct virtqueue *vq);
+void virtio_nn_event_done(struct virtqueue *vq);
 
 int virtio_nn_proc_open(struct inode *inode, struct file *file);
 ssize_t virtio_nn_proc_read(struct file *file, char __user *buf, size_t count,
@@ -41,8 +43,9 @@ int virtio_nn_register_driver(void);
 void virtio_nn_unregister_driver(void);
 u32 virtio_nn_cread32(struct virtio_device *vdev, unsigned int offset);
 bool virtio_nn_has_feature(const struct virtio_device *vdev, unsigned int fbit);
-struct virtqueue *virtio_nn_find_single_vq(struct virtio_device *vdev,
-					   const char *name);
+int virtio_nn_find_vqs(struct virtio_device *vdev, unsigned int nvqs,
+		       struct virtqueue *vqs[],
+		       struct virtqueue_info vqs_info[]);
 void virtio_nn_device_ready(struct virtio_device *vdev);
 void virtio_nn_del_vqs(struct virtio_device *vdev);
 void virtio_nn_init_completion(struct completion *x);

@@ -29,7 +29,8 @@
 //! `EINTR` on a fatal signal; `EIO` for a failing device or an invalid
 //! answer.
 //!
-//! Files: `device.rs` (probe/remove and the request queue), `request.rs`
+//! Files: `device.rs` (probe/remove and the request queue), `events.rs`
+//! (the event queue: model change notifications), `request.rs`
 //! (the request object), `procfs.rs`, `session.rs`, `sysfs.rs`, `parse.rs`
 //! (text format), `irq_lock.rs`, `glue.rs` (declarations of the C glue in
 //! `virtio_nn_glue.c`).
@@ -46,6 +47,7 @@ use kernel::sync::{new_mutex, Arc, Mutex};
 mod protocol;
 
 mod device;
+mod events;
 mod glue;
 mod irq_lock;
 mod parse;

@@ -6,7 +6,8 @@
 #                        listening already). Without it the guest boots
 #                        without the device (it can be hot-plugged later, see
 #                        below).
-#   --queues N           num_vqs of the device (default 1)
+#   --queues N           request queues of the device (default 1); QEMU's
+#                        num_vqs is N + 1: the event queue follows them
 #   --config-size N      config space size in bytes (default 64)
 #   --vq-size N          virtqueue size (default: QEMU's, 64)
 #   --mem SIZE           guest RAM (default 512M)
@@ -38,7 +39,7 @@
 #   {"execute":"chardev-add","arguments":{"id":"nn0","backend":{"type":"socket",
 #       "data":{"addr":{"type":"unix","data":{"path":"PATH"}},"server":false}}}}
 #   {"execute":"device_add","arguments":{"driver":"vhost-user-test-device-pci",
-#       "id":"nn0dev","bus":"rp0","chardev":"nn0","virtio-id":38,"num_vqs":1,
+#       "id":"nn0dev","bus":"rp0","chardev":"nn0","virtio-id":38,"num_vqs":2,
 #       "config_size":64}}
 # ACPI PCI hotplug is switched off so the root port exposes native PCIe
 # hotplug, which the guest kernel (no ACPI) handles with pciehp.
@@ -118,7 +119,7 @@ esac
 if [[ -n $socket ]]; then
     [[ -S $socket ]] || die "$socket is not a socket (is the daemon running?)"
     dev="vhost-user-test-device-pci,id=nn0dev,bus=rp0,chardev=nn0"
-    dev+=",virtio-id=$VIRTIO_NN_DEVICE_ID,num_vqs=$queues,config_size=$config_size"
+    dev+=",virtio-id=$VIRTIO_NN_DEVICE_ID,num_vqs=$((queues + 1)),config_size=$config_size"
     [[ -n $vq_size ]] && dev+=",vq_size=$vq_size"
     args+=(-chardev "socket,id=nn0,path=$socket" -device "$dev")
 fi

@@ -7,6 +7,9 @@
 #  3. nn-core without std (no_std + alloc build)
 #  4. the end-to-end tests: each starts the daemon, boots a QEMU guest with
 #     the real driver and checks its /proc answers against nn-core on the host
+#  5. the guest driver suite (tests/guest): bad input, per-file answers,
+#     concurrency, timeouts with late answers, hot-swap seen through the event
+#     queue, rmmod under load, device unplug/replug with a daemon restart
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
@@ -26,3 +29,8 @@ cargo build --quiet -p nn-core --no-default-features
 log "end-to-end tests (QEMU guests)"
 VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
     cargo test --release -p virtio-nn-tests --test e2e -- --ignored --test-threads=1
+
+log "guest driver suite (timeouts, hot-swap, unplug/replug, rmmod under load)"
+VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
+VIRTIO_NN_MODEL_TOOL="$REPO/target/release/nn-model" \
+    python3 "$REPO/tests/guest/run-guest-test.py"
