@@ -9,10 +9,12 @@
 //! * [`admin`]: the admin socket (line-delimited JSON: status, health, stats,
 //!   metrics, load).
 //! * [`stats`]: request counters and latency histograms (Prometheus).
+//! * [`sandbox`]: the seccomp filter.
 //!
 //! The binary (`main.rs`) holds the command line and the serve loop.
 
 pub mod admin;
 pub mod device;
+pub mod sandbox;
 pub mod stats;
 pub mod vhu_nn;

@@ -20,6 +20,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use vhost_user_nn::admin::{self, Admin};
 use vhost_user_nn::device::NnDevice;
+use vhost_user_nn::sandbox::{self, Mode};
 use vhost_user_nn::stats::Stats;
 use vhost_user_nn::vhu_nn::VhostUserNnBackend;
 
@@ -65,6 +66,11 @@ struct ServeArgs {
     /// Admin socket (line-delimited JSON: status, health, stats, metrics, load).
     #[arg(long)]
     admin_socket: Option<PathBuf>,
+
+    /// Seccomp sandbox: what happens to a system call the daemon does not
+    /// need (installed after start-up, on every thread).
+    #[arg(long, value_enum, default_value_t = Mode::Errno)]
+    seccomp: Mode,
 
     /// Permissions of the admin socket, in octal.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
@@ -186,6 +192,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .cloned()
         .collect();
     exit_on_signals(owned)?;
+    sandbox::apply(args.seccomp)?;
+    info!("seccomp: {:?}", args.seccomp);
     let where_ = args.socket_path.as_deref().map_or_else(
         || format!("fd {}", args.fd.unwrap_or(-1)),
         |p: &Path| p.display().to_string(),
