@@ -10,6 +10,7 @@
 //!   metrics, load).
 //! * [`stats`]: request counters and latency histograms (Prometheus).
 //! * [`sandbox`]: the seccomp filter.
+//! * [`watch`]: `--watch`, reloading the model when its file changes.
 //!
 //! The binary (`main.rs`) holds the command line and the serve loop.
 
@@ -18,3 +19,4 @@ pub mod device;
 pub mod sandbox;
 pub mod stats;
 pub mod vhu_nn;
+pub mod watch;

@@ -9,6 +9,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use log::{error, info};
@@ -23,6 +24,7 @@ use vhost_user_nn::device::NnDevice;
 use vhost_user_nn::sandbox::{self, Mode};
 use vhost_user_nn::stats::Stats;
 use vhost_user_nn::vhu_nn::VhostUserNnBackend;
+use vhost_user_nn::watch;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +68,11 @@ struct ServeArgs {
     /// Admin socket (line-delimited JSON: status, health, stats, metrics, load).
     #[arg(long)]
     admin_socket: Option<PathBuf>,
+
+    /// Reload the model when its file changes (polled every this many
+    /// milliseconds; 0 = off), with the same validation as the admin `load`.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    watch: u64,
 
     /// Seccomp sandbox: what happens to a system call the daemon does not
     /// need (installed after start-up, on every thread).
@@ -175,16 +182,25 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         model.mlp.dims(),
         model.checksum
     );
+    let model_path_for_watch = model_path.clone();
     let device = Arc::new(
         NnDevice::new(model, model_path, args.queues)
             .map_err(|e| format!("cannot create the device: {e}"))?,
     );
     let stats = Arc::new(Stats::new(args.queues));
     let mut listener = listener(&args)?;
+    let admin = Arc::new(Admin::new(device.clone(), stats.clone()));
     if let Some(path) = &args.admin_socket {
-        let admin = Arc::new(Admin::new(device.clone(), stats.clone()));
-        admin::spawn(admin, path, args.admin_socket_mode)
+        admin::spawn(admin.clone(), path, args.admin_socket_mode)
             .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?;
+    }
+    if args.watch > 0 {
+        watch::spawn(
+            admin,
+            model_path_for_watch,
+            Duration::from_millis(args.watch),
+        )
+        .map_err(|e| format!("cannot watch the model file: {e}"))?;
     }
     let owned: Vec<PathBuf> = [&args.socket_path, &args.admin_socket]
         .into_iter()
