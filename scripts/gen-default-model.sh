@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Writes weights/default.safetensors: the default 16-32-4 model.
+# Writes weights/default.safetensors: the default 16-32-4 model, trained on
+# handwritten digits 0-3 (4x4 thumbnails) and imported through
+# `nn-model import-safetensors` (see weights/README.md, the model card).
 #
-# Until a trained model lands (see weights/README.md), the default model is a
-# deterministic He-uniform initialisation from a fixed seed: the same command
-# always writes the same bytes.
+# The training itself is scripts/train/train-default.sh (Python venv with
+# pinned numpy / scikit-learn / safetensors; the data ships in scikit-learn);
+# with those versions the same command writes the same bytes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-cargo run --quiet --release -p nn-core --bin nn-model -- \
-    generate --dims 16,32,4 --seed 2 --name "default-16-32-4 (seeded init, untrained)" \
-    --out weights/default.safetensors
+exec "$(dirname "$0")/train/train-default.sh" "$@"

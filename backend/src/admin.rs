@@ -28,6 +28,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
+use nn_core::kernels::Kernel;
 use nn_core::Model;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -65,6 +66,7 @@ pub enum Request {
 /// What the admin commands act on.
 pub struct Admin {
     device: Arc<NnDevice>,
+    kernel: Kernel,
     stats: Arc<Stats>,
     started: Instant,
     clients: AtomicUsize,
@@ -79,15 +81,31 @@ fn model_json(served: &crate::device::Served) -> Value {
     })
 }
 
+/// `model` with its network packed for `kernel`.
+pub fn with_kernel(model: Model, kernel: Kernel) -> Result<Model, nn_core::kernels::Unsupported> {
+    let Model {
+        mlp,
+        name,
+        checksum,
+    } = model;
+    Ok(Model {
+        mlp: mlp.with_kernel(kernel)?,
+        name,
+        checksum,
+    })
+}
+
 fn error(msg: impl std::fmt::Display) -> Value {
     json!({"ok": false, "error": msg.to_string()})
 }
 
 impl Admin {
-    /// Admin commands for `device`.
-    pub fn new(device: Arc<NnDevice>, stats: Arc<Stats>) -> Self {
+    /// Admin commands for `device`; loaded models run on `kernel` (one the
+    /// CPU supports, checked at start-up).
+    pub fn new(device: Arc<NnDevice>, stats: Arc<Stats>, kernel: Kernel) -> Self {
         Self {
             device,
+            kernel,
             stats,
             started: Instant::now(),
             clients: AtomicUsize::new(0),
@@ -130,7 +148,10 @@ impl Admin {
 
     fn load(&self, path: &Path) -> Value {
         // Validation happens here, on the admin thread, off the data path.
-        match Model::load(path) {
+        let loaded = Model::load(path).map_err(|e| e.to_string()).and_then(|m| {
+            with_kernel(m, self.kernel).map_err(|e| format!("{}: {e}", path.display()))
+        });
+        match loaded {
             Ok(model) => {
                 let generation = self.device.swap(model, path.to_path_buf());
                 self.stats.record_swap(Some(generation));
@@ -257,7 +278,7 @@ mod tests {
         let dev = Arc::new(NnDevice::new(model(3), "m".into(), 1).unwrap());
         let stats = Arc::new(Stats::new(1));
         (
-            Arc::new(Admin::new(dev, stats)),
+            Arc::new(Admin::new(dev, stats, Kernel::Auto)),
             tempfile::tempdir().unwrap(),
         )
     }
@@ -303,7 +324,12 @@ mod tests {
             (r["ok"].clone(), r["generation"].clone()),
             (json!(true), json!(2))
         );
-        for path in [bad, dir.path().join("missing")] {
+        for path in [
+            bad,
+            dir.path().join("missing"),
+            "/dev/zero".into(),
+            dir.path().to_path_buf(),
+        ] {
             let r = a.handle(Request::Load { path });
             assert_eq!(r["ok"], false);
             assert!(!r["error"].as_str().unwrap().is_empty());
@@ -316,7 +342,7 @@ mod tests {
         let s = a.handle_line(r#"{"cmd":"stats"}"#);
         assert_eq!(
             (s["swaps"].clone(), s["swap_failures"].clone()),
-            (json!(1), json!(2))
+            (json!(1), json!(4))
         );
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use log::{error, info};
+use nn_core::kernels::Kernel;
 use nn_core::Model;
 use serde_json::json;
 use vhost::vhost_user::Listener;
@@ -73,6 +74,11 @@ struct ServeArgs {
     /// milliseconds; 0 = off), with the same validation as the admin `load`.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     watch: u64,
+
+    /// nn-core kernel: auto (the fastest this CPU has), scalar (the reference),
+    /// avx2, avx512 or neon. All give the same bits.
+    #[arg(long, env = "NN_CORE_KERNEL", default_value = "auto")]
+    kernel: Kernel,
 
     /// Seccomp sandbox: what happens to a system call the daemon does not
     /// need (installed after start-up, on every thread).
@@ -175,9 +181,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let Some(model_path) = args.model.clone() else {
         return Err("--model is required".into());
     };
+    let kernel = args
+        .kernel
+        .resolve()
+        .map_err(|e| format!("--kernel / NN_CORE_KERNEL: {e}"))?;
     let model = Model::load(&model_path).map_err(|e| format!("cannot load model: {e}"))?;
+    let model = admin::with_kernel(model, kernel).map_err(|e| e.to_string())?;
     info!(
-        "serving model {:?} ({:?}, crc32c:{:08x}) as generation 1",
+        "serving model {:?} ({:?}, crc32c:{:08x}) as generation 1 on the {kernel} kernel",
         model.name,
         model.mlp.dims(),
         model.checksum
@@ -189,7 +200,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     );
     let stats = Arc::new(Stats::new(args.queues));
     let mut listener = listener(&args)?;
-    let admin = Arc::new(Admin::new(device.clone(), stats.clone()));
+    let admin = Arc::new(Admin::new(device.clone(), stats.clone(), kernel));
     if let Some(path) = &args.admin_socket {
         admin::spawn(admin.clone(), path, args.admin_socket_mode)
             .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?;

@@ -123,6 +123,25 @@ impl VhostUserNnBackend {
     /// been announced yet and the driver has posted a buffer; otherwise the
     /// change stays pending until the next buffer arrives.
     fn announce(&self, vring: &VringRwLock) -> Result<(), Error> {
+        let r = self.announce_once(vring);
+        // Fix (frontend_load, event check): with EVENT_IDX the driver kicks
+        // only when avail->idx passes the avail_event the device publishes,
+        // and nothing published it for the event queue (it stayed 0): after
+        // the first buffer, posting one did not kick, so a pending change
+        // was never announced until the next model change. Publish it after
+        // every pass, as the request queues' loop does (only on a ready
+        // queue: an unconfigured one would have it written near GPA 0).
+        if *self.event_idx.lock().unwrap_or_else(|e| e.into_inner())
+            && vring.get_ref().get_queue().ready()
+        {
+            if let Err(e) = vring.enable_notification() {
+                warn!("event queue enable_notification: {e}");
+            }
+        }
+        r
+    }
+
+    fn announce_once(&self, vring: &VringRwLock) -> Result<(), Error> {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Ok(());
         };
@@ -176,11 +195,11 @@ impl VhostUserNnBackend {
     }
 
     /// Serves every available chain of `vring`, then signals the guest if the
-    /// driver wants it.
-    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<(), Error> {
+    /// driver wants it. Returns `false` if the avail ring is unusable.
+    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<bool, Error> {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             warn!("queue kicked before the memory table was set");
-            return Ok(());
+            return Ok(false);
         };
         let mem = mem.memory();
         let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
@@ -188,7 +207,7 @@ impl VhostUserNnBackend {
             Err(e) => {
                 // A broken avail ring: nothing can be served until the driver resets.
                 warn!("cannot read the available ring: {e}");
-                return Ok(());
+                return Ok(false);
             }
         };
         let mut buf = self.buffers[usize::from(queue)]
@@ -205,8 +224,11 @@ impl VhostUserNnBackend {
             }
         }
         match vring.needs_notification() {
-            Ok(false) => Ok(()),
-            Ok(true) | Err(_) => vring.signal_used_queue().map_err(Error::Signal),
+            Ok(false) => Ok(true),
+            Ok(true) | Err(_) => vring
+                .signal_used_queue()
+                .map_err(Error::Signal)
+                .map(|()| true),
         }
     }
 }
@@ -266,26 +288,41 @@ impl VhostUserBackend for VhostUserNnBackend {
         device_event: u16,
         evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(Error::UnexpectedEvents(evset).into());
         }
+        // Fix (frontend_load with --queues 4; hostile tests on queue 1): the
+        // library passes `vrings` and `device_event` per worker thread, not
+        // per device: thread t holds request queue t at local index 0, and
+        // thread 0 also the event queue at local index 1. Using them as
+        // device queue indices made the change event index vrings[n] (a
+        // panic killing worker 0 on the first hot-swap when n > 1), sent
+        // every queue's traffic through buffers[0] and stats of queue 0,
+        // and treated the event queue as request queue 1 when n > 1.
+        const EVENT_LOCAL: u16 = 1;
         if device_event == self.change_event_id() {
             // Reset the eventfd counter; the generation itself is read from
             // the device.
             let _ = self.device.changed().read();
-            return Ok(self.announce(&vrings[usize::from(self.event_queue())])?);
+            return match vrings.get(usize::from(EVENT_LOCAL)) {
+                Some(v) if thread_id == 0 => Ok(self.announce(v)?),
+                _ => Ok(()),
+            };
         }
-        if device_event == self.event_queue() {
-            return Ok(self.announce(&vrings[usize::from(device_event)])?);
+        if thread_id == 0 && device_event == EVENT_LOCAL {
+            return Ok(self.announce(&vrings[usize::from(EVENT_LOCAL)])?);
         }
-        let vring = vrings
-            .get(device_event as usize)
-            .filter(|_| device_event < self.event_queue())
+        let queue = u16::try_from(thread_id)
+            .ok()
+            .filter(|&q| device_event == 0 && q < self.event_queue())
             .ok_or(Error::UnknownQueue(device_event))?;
+        let vring = &vrings[0];
+        let device_event = queue;
         if !*self.event_idx.lock().unwrap_or_else(|e| e.into_inner()) {
-            return Ok(self.process_queue(device_event, vring)?);
+            self.process_queue(device_event, vring)?;
+            return Ok(());
         }
         // With EVENT_IDX the library only records the feature: keep serving
         // until no new chain arrived while notifications were off.
@@ -293,7 +330,15 @@ impl VhostUserBackend for VhostUserNnBackend {
             if let Err(e) = vring.disable_notification() {
                 warn!("disable_notification: {e}");
             }
-            self.process_queue(device_event, vring)?;
+            // Fix (hostile-guest test avail_index_jumping_far_ahead...): with
+            // an avail idx more than the queue size ahead, iter() fails and
+            // enable_notification() keeps returning true, so this loop spun
+            // forever at 100% CPU, flooding the log, and the worker never
+            // saw its exit event (the next connection was never accepted).
+            // Stop serving the queue until the guest kicks again.
+            if !self.process_queue(device_event, vring)? {
+                break;
+            }
             match vring.enable_notification() {
                 Ok(true) => continue,
                 Ok(false) => break,

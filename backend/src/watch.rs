@@ -85,7 +85,11 @@ mod tests {
         std::fs::write(&path, model(2).to_bytes()).unwrap();
         let dev = Arc::new(NnDevice::new(model(2), path.clone(), 1).unwrap());
         let stats = Arc::new(Stats::new(1));
-        let admin = Arc::new(Admin::new(dev.clone(), stats.clone()));
+        let admin = Arc::new(Admin::new(
+            dev.clone(),
+            stats.clone(),
+            nn_core::kernels::Kernel::Auto,
+        ));
         spawn(admin, path.clone(), Duration::from_millis(10)).unwrap();
 
         // Replace the file (rename over it, as deployment tools do).

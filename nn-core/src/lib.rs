@@ -6,14 +6,22 @@
 //!   width, accumulation, rounding, saturation) — the definition every path
 //!   must reproduce bit for bit.
 //! * [`mlp`]: the multi-layer perceptron (dense layers with ReLU or identity),
-//!   validated once at construction; the scalar reference.
+//!   validated once at construction; the scalar reference, and the batch and
+//!   single-sample API ([`Mlp::predict_batch`], [`Mlp::predict`]).
+//! * [`kernels`]: SIMD kernels (x86-64 AVX2 and AVX-512, aarch64 NEON) that
+//!   give the scalar reference's bits, chosen at run time by CPU detection;
+//!   `NN_CORE_KERNEL=scalar|avx2|avx512|neon|auto` or [`Mlp::with_kernel`]
+//!   force one.
+//! * `import` (feature `import`): float models — a PyTorch `state_dict` in
+//!   safetensors, an ONNX MLP — quantized to Q16.16.
 //! * [`model`]: the model file format (safetensors with Q16.16 `I32` tensors,
 //!   a format version and a CRC-32C checksum) with a clear error for every
 //!   malformed file.
 //! * [`protocol`]: the device's wire protocol (config space, request and
 //!   response layouts, status codes), shared verbatim with the guest driver.
 //!
-//! The crate is `no_std` + `alloc` without its default `std` feature.
+//! The crate is `no_std` + `alloc` without its default `std` feature (the
+//! kernels are then chosen by the target features enabled at compile time).
 //!
 //! # Limits
 //! At most [`protocol::MAX_LAYERS`] layers, each at most [`protocol::MAX_DIM`]
@@ -25,9 +33,13 @@
 extern crate alloc;
 
 pub mod fixed;
+#[cfg(feature = "import")]
+pub mod import;
+pub mod kernels;
 pub mod mlp;
 pub mod model;
 pub mod protocol;
 
+pub use kernels::Kernel;
 pub use mlp::{Activation, Layer, Mlp, Scratch, ShapeError};
 pub use model::{Model, ModelError};

@@ -3,13 +3,15 @@
 //! The multi-layer perceptron: a chain of dense layers, validated once when it
 //! is built and then run without per-sample shape checks.
 //!
-//! This is the scalar reference: every faster path must give the same bits.
-//! The arithmetic of each neuron is defined in [`crate::fixed`].
+//! `Layer::forward` with [`crate::fixed::neuron`] is the scalar reference:
+//! every faster path ([`crate::kernels`]) must give the same bits. The
+//! arithmetic of each neuron is defined in [`crate::fixed`].
 
 use alloc::vec;
 use alloc::vec::Vec;
 
 use crate::fixed;
+use crate::kernels::{self, Kernel, Packed};
 use crate::protocol::{MAX_BATCH, MAX_DIM, MAX_LAYERS};
 
 /// What a layer applies to its rounded, saturated outputs.
@@ -187,15 +189,40 @@ impl Layer {
     }
 }
 
-/// A validated chain of dense layers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A validated chain of dense layers, with the weights packed for the
+/// kernel it runs on ([`Mlp::kernel`]).
+///
+/// Two networks are equal when their layers are, whatever their kernels.
+#[derive(Clone)]
 pub struct Mlp {
     layers: Vec<Layer>,
     max_width: usize,
+    kernel: Kernel,
+    /// One per layer for a SIMD kernel; empty for [`Kernel::Scalar`].
+    packed: Vec<Packed>,
 }
 
-/// Reusable work memory for [`Mlp::predict_batch`]: two vectors as wide as
-/// the widest layer, so that prediction does not allocate.
+impl PartialEq for Mlp {
+    fn eq(&self, other: &Self) -> bool {
+        self.layers == other.layers
+    }
+}
+
+impl Eq for Mlp {}
+
+impl core::fmt::Debug for Mlp {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mlp")
+            .field("dims", &self.dims())
+            .field("kernel", &self.kernel)
+            .field("layers", &self.layers)
+            .finish()
+    }
+}
+
+/// Reusable work memory for [`Mlp::predict_batch`], so that prediction does
+/// not allocate: two activation buffers sized for the widest layer (and, for
+/// the SIMD kernels, a block of samples). One that is too small is resized.
 #[derive(Default)]
 pub struct Scratch {
     a: Vec<i32>,
@@ -203,8 +230,38 @@ pub struct Scratch {
 }
 
 impl Mlp {
-    /// Checks the chain (count, widths, lengths, matching dims) once.
+    /// Checks the chain (count, widths, lengths, matching dims) once, and
+    /// packs the weights for [`Kernel::Auto`]'s choice (the fastest kernel
+    /// this CPU has). [`Mlp::with_kernel`] forces another.
     pub fn new(layers: Vec<Layer>) -> Result<Self, ShapeError> {
+        Ok(Self::new_unpacked(layers)?.packed_for(Kernel::detect()))
+    }
+
+    /// The same network on another kernel ([`Kernel::Auto`]: the fastest this
+    /// CPU has), or an error if the CPU cannot run it.
+    pub fn with_kernel(self, kernel: Kernel) -> Result<Self, kernels::Unsupported> {
+        Ok(self.packed_for(kernel.resolve()?))
+    }
+
+    /// Packs the weights for `kernel`, a resolved kernel the CPU supports.
+    fn packed_for(mut self, kernel: Kernel) -> Self {
+        if kernel != self.kernel || (kernel != Kernel::Scalar && self.packed.is_empty()) {
+            self.packed = if kernel == Kernel::Scalar {
+                Vec::new()
+            } else {
+                self.layers.iter().map(Packed::new).collect()
+            };
+            self.kernel = kernel;
+        }
+        self
+    }
+
+    /// The kernel this network runs on (never [`Kernel::Auto`]).
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    fn new_unpacked(layers: Vec<Layer>) -> Result<Self, ShapeError> {
         if layers.is_empty() {
             return Err(ShapeError::NoLayers);
         }
@@ -225,7 +282,12 @@ impl Mlp {
             .map(|l| l.in_dim.max(l.out_dim))
             .max()
             .unwrap_or(0);
-        Ok(Self { layers, max_width })
+        Ok(Self {
+            layers,
+            max_width,
+            kernel: Kernel::Scalar,
+            packed: Vec::new(),
+        })
     }
 
     /// The layers, input side first.
@@ -250,11 +312,21 @@ impl Mlp {
             .collect()
     }
 
+    /// Values in each of the scratch buffers this network needs.
+    fn scratch_len(&self) -> usize {
+        if self.kernel == Kernel::Scalar {
+            self.max_width
+        } else {
+            kernels::block_len(self.max_width) * kernels::padded(self.max_width)
+        }
+    }
+
     /// Work memory sized for this model.
     pub fn scratch(&self) -> Scratch {
+        let n = self.scratch_len();
         Scratch {
-            a: vec![0; self.max_width],
-            b: vec![0; self.max_width],
+            a: vec![0; n],
+            b: vec![0; n],
         }
     }
 
@@ -266,8 +338,62 @@ impl Mlp {
         outputs: &mut [i32],
         scratch: &mut Scratch,
     ) -> Result<(), ShapeError> {
+        let n = self.check(inputs, outputs)?;
         let (ind, outd) = (self.input_dim(), self.output_dim());
-        let n = inputs.len() / ind;
+        let len = self.scratch_len();
+        if scratch.a.len() < len || scratch.b.len() < len {
+            *scratch = self.scratch();
+        }
+        if self.kernel == Kernel::Scalar {
+            self.run_scalar(inputs, outputs, scratch);
+        } else {
+            let mut s0 = 0;
+            while s0 < n {
+                let m = (n - s0).min(kernels::block_len(self.max_width));
+                let x = &inputs[s0 * ind..(s0 + m) * ind];
+                let y = &mut outputs[s0 * outd..(s0 + m) * outd];
+                self.forward_block(x, y, m, scratch);
+                s0 += m;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the scalar reference on `inputs`, whatever [`Mlp::kernel`] is
+    /// (same contract as [`Mlp::predict_batch`]).
+    pub fn predict_batch_reference(
+        &self,
+        inputs: &[i32],
+        outputs: &mut [i32],
+        scratch: &mut Scratch,
+    ) -> Result<(), ShapeError> {
+        self.check(inputs, outputs)?;
+        if scratch.a.len() < self.max_width || scratch.b.len() < self.max_width {
+            *scratch = Scratch {
+                a: vec![0; self.max_width],
+                b: vec![0; self.max_width],
+            };
+        }
+        self.run_scalar(inputs, outputs, scratch);
+        Ok(())
+    }
+
+    fn run_scalar(&self, inputs: &[i32], outputs: &mut [i32], scratch: &mut Scratch) {
+        let (ind, outd) = (self.input_dim(), self.output_dim());
+        for (x, y) in inputs.chunks_exact(ind).zip(outputs.chunks_exact_mut(outd)) {
+            self.forward_one(x, y, scratch);
+        }
+    }
+
+    /// Checks the buffers of a prediction call; returns the sample count.
+    fn check(&self, inputs: &[i32], outputs: &[i32]) -> Result<usize, ShapeError> {
+        let (ind, outd) = (self.input_dim(), self.output_dim());
+        // No division for the single sample (the latency path).
+        let n = if inputs.len() == ind {
+            1
+        } else {
+            inputs.len() / ind
+        };
         if n == 0 || n > MAX_BATCH as usize {
             return Err(ShapeError::Batch(n));
         }
@@ -283,13 +409,29 @@ impl Mlp {
                 expected: n * outd,
             });
         }
-        if scratch.a.len() < self.max_width || scratch.b.len() < self.max_width {
-            *scratch = self.scratch();
+        Ok(n)
+    }
+
+    /// Index of the largest output of one sample's outputs (the class of a
+    /// classifier; the first one on ties).
+    pub fn argmax(outputs: &[i32]) -> Option<usize> {
+        kernels::argmax(outputs)
+    }
+
+    /// Runs a block of samples on the SIMD kernel, layer by layer.
+    fn forward_block(&self, x: &[i32], y: &mut [i32], n: usize, s: &mut Scratch) {
+        let (ind, outd) = (self.input_dim(), self.output_dim());
+        let (mut cur, mut next) = (&mut s.a, &mut s.b);
+        let mut stride = ind;
+        for (i, p) in self.packed.iter().enumerate() {
+            let input: &[i32] = if i == 0 { x } else { cur };
+            kernels::run_layer(self.kernel, p, input, stride, n, next);
+            stride = p.out_pad;
+            core::mem::swap(&mut cur, &mut next);
         }
-        for (x, y) in inputs.chunks_exact(ind).zip(outputs.chunks_exact_mut(outd)) {
-            self.forward_one(x, y, scratch);
+        for k in 0..n {
+            y[k * outd..(k + 1) * outd].copy_from_slice(&cur[k * stride..k * stride + outd]);
         }
-        Ok(())
     }
 
     /// Runs one sample, allocating its own work memory.

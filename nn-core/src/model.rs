@@ -269,56 +269,101 @@ impl Model {
         }
     }
 
-    /// Serializes to the file format.
+    /// Serializes to the file format. The bytes depend only on the model:
+    /// the header is written here with its keys in a fixed order (metadata
+    /// sorted, then the tensors in layer order), so the same model always
+    /// gives the same file.
     pub fn to_bytes(&self) -> Vec<u8> {
         let layers = self.mlp.layers();
-        let bytes: Vec<(Vec<u8>, Vec<u8>)> = layers
-            .iter()
-            .map(|l| {
-                let le = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-                (le(l.weights()), le(l.bias()))
-            })
-            .collect();
-        let mut tensors = Vec::with_capacity(2 * layers.len());
-        for (k, (l, (w, b))) in layers.iter().zip(&bytes).enumerate() {
-            // The shapes match the data by construction of `Layer`.
-            let wv = TensorView::new(Dtype::I32, [l.out_dim(), l.in_dim()].to_vec(), w)
-                .expect("weight view");
-            let bv = TensorView::new(Dtype::I32, [l.out_dim()].to_vec(), b).expect("bias view");
-            tensors.push((format!("layers.{k}.weight"), wv));
-            tensors.push((format!("layers.{k}.bias"), bv));
-        }
         let acts: Vec<&str> = layers.iter().map(|l| l.activation().name()).collect();
-        let metadata = [
-            ("format", FORMAT.to_string()),
-            ("format_version", FORMAT_VERSION.to_string()),
-            ("fixed_point", FIXED_POINT.to_string()),
+        let mut metadata = [
             ("activations", acts.join(",")),
             ("checksum", format!("crc32c:{:08x}", self.checksum)),
+            ("fixed_point", FIXED_POINT.to_string()),
+            ("format", FORMAT.to_string()),
+            ("format_version", FORMAT_VERSION.to_string()),
             ("name", self.name.clone()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        safetensors::serialize(tensors, Some(metadata)).expect("serializing in memory cannot fail")
+        ];
+        metadata.sort();
+        let mut header = String::from("{\"__metadata__\":{");
+        for (i, (k, v)) in metadata.iter().enumerate() {
+            if i > 0 {
+                header.push(',');
+            }
+            header.push_str(&format!("{}:{}", json_string(k), json_string(v)));
+        }
+        header.push('}');
+        let mut data = Vec::new();
+        for (k, l) in layers.iter().enumerate() {
+            for (what, values, shape) in [
+                (
+                    "weight",
+                    l.weights(),
+                    format!("[{},{}]", l.out_dim(), l.in_dim()),
+                ),
+                ("bias", l.bias(), format!("[{}]", l.out_dim())),
+            ] {
+                let start = data.len();
+                data.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+                header.push_str(&format!(
+                    ",\"layers.{k}.{what}\":{{\"dtype\":\"I32\",\"shape\":{shape},\"data_offsets\":[{start},{}]}}",
+                    data.len()
+                ));
+            }
+        }
+        header.push('}');
+        // Pad the header with spaces to a multiple of 8 bytes, as safetensors does.
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut out = Vec::with_capacity(8 + header.len() + data.len());
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&data);
+        out
     }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(feature = "std")]
 impl Model {
     /// Reads and validates a model file.
     pub fn load(path: &std::path::Path) -> Result<Self, LoadError> {
-        let meta =
-            std::fs::metadata(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
-        if meta.len() > MAX_FILE_SIZE as u64 {
-            return Err(LoadError::Model(
-                path.display().to_string(),
-                ModelError::TooLarge(meta.len() as usize),
-            ));
+        use std::io::Read;
+        let name = || path.display().to_string();
+        let io = |e| LoadError::Io(name(), e);
+        // Only regular files: a FIFO would block the reader, a device such as
+        // /dev/zero reports no size and never ends.
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(LoadError::NotAFile(name()));
         }
-        let bytes =
-            std::fs::read(path).map_err(|e| LoadError::Io(path.display().to_string(), e))?;
-        Self::from_bytes(&bytes).map_err(|e| LoadError::Model(path.display().to_string(), e))
+        let file = std::fs::File::open(path).map_err(io)?;
+        if !file.metadata().map_err(io)?.is_file() {
+            return Err(LoadError::NotAFile(name()));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_SIZE as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        if bytes.len() > MAX_FILE_SIZE {
+            return Err(LoadError::Model(name(), ModelError::TooLarge(bytes.len())));
+        }
+        Self::from_bytes(&bytes).map_err(|e| LoadError::Model(name(), e))
     }
 }
 
@@ -329,6 +374,9 @@ pub enum LoadError {
     /// The file could not be read.
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// The path is not a regular file (a directory, FIFO, device...).
+    #[error("{0}: not a regular file")]
+    NotAFile(String),
     /// The file is not a valid model.
     #[error("{0}: {1}")]
     Model(String, #[source] ModelError),
@@ -369,6 +417,20 @@ mod tests {
         let back = Model::from_bytes(&m.to_bytes()).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.mlp.dims(), vec![3, 2, 1]);
+    }
+
+    #[test]
+    fn serialization_is_deterministic_and_escapes_the_name() {
+        let mut m = sample();
+        m.name = "a \"quoted\" \\ name\nwith\ttabs, é and \u{1}".into();
+        let bytes = m.to_bytes();
+        for _ in 0..4 {
+            assert_eq!(Model::new(m.mlp.clone(), &m.name).to_bytes(), bytes);
+        }
+        let back = Model::from_bytes(&bytes).unwrap();
+        assert_eq!(back.name, m.name);
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        assert_eq!(header_len % 8, 0);
     }
 
     #[test]

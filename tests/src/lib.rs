@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use nn_core::{fixed, Model};
 
+pub mod frontend;
+
 /// How long a guest may take to boot to its shell under TCG.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long one shell command in the guest may take.
@@ -37,8 +39,8 @@ pub fn default_model() -> PathBuf {
     repo().join("weights/default.safetensors")
 }
 
-/// The daemon binary: `$VIRTIO_NN_DAEMON`, else the release build, else the
-/// debug build.
+/// The daemon binary: `$VIRTIO_NN_DAEMON`, else the newer of the release and
+/// debug builds.
 pub fn daemon_bin() -> io::Result<PathBuf> {
     if let Some(p) = std::env::var_os("VIRTIO_NN_DAEMON") {
         return Ok(p.into());
@@ -46,7 +48,9 @@ pub fn daemon_bin() -> io::Result<PathBuf> {
     ["release", "debug"]
         .iter()
         .map(|p| repo().join("target").join(p).join("vhost-user-nn"))
-        .find(|p| p.exists())
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -59,20 +63,78 @@ pub fn daemon_bin() -> io::Result<PathBuf> {
 pub struct Daemon {
     child: Child,
     socket: PathBuf,
+    admin: Option<PathBuf>,
     _dir: tempfile::TempDir,
+}
+
+/// Options of a [`Daemon`] to start: `Daemon::builder(model).queues(4).admin().start()`.
+pub struct DaemonBuilder {
+    model: PathBuf,
+    queues: Option<u32>,
+    admin: bool,
+    args: Vec<std::ffi::OsString>,
+}
+
+impl DaemonBuilder {
+    /// `--queues n`.
+    pub fn queues(mut self, n: u32) -> Self {
+        self.queues = Some(n);
+        self
+    }
+
+    /// `--admin-socket` in the daemon's temporary directory (see
+    /// [`Daemon::admin_socket`]).
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
+
+    /// Any other argument.
+    pub fn arg(mut self, arg: impl Into<std::ffi::OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Starts the daemon and waits until its sockets exist.
+    pub fn start(self) -> io::Result<Daemon> {
+        Daemon::spawn(self)
+    }
 }
 
 impl Daemon {
     /// Starts the daemon on a fresh socket and waits until it listens.
     pub fn start(model: &Path) -> io::Result<Self> {
+        Self::builder(model).start()
+    }
+
+    /// A daemon with more options (queues, admin socket, extra arguments).
+    pub fn builder(model: &Path) -> DaemonBuilder {
+        DaemonBuilder {
+            model: model.to_path_buf(),
+            queues: None,
+            admin: false,
+            args: Vec::new(),
+        }
+    }
+
+    fn spawn(b: DaemonBuilder) -> io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("virtio-nn-").tempdir()?;
         let socket = dir.path().join("nn.sock");
+        let admin = b.admin.then(|| dir.path().join("admin.sock"));
         let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-        let child = Command::new(daemon_bin()?)
-            .arg("--socket-path")
+        let mut cmd = Command::new(daemon_bin()?);
+        cmd.arg("--socket-path")
             .arg(&socket)
             .arg("--model")
-            .arg(model)
+            .arg(&b.model);
+        if let Some(q) = b.queues {
+            cmd.arg("--queues").arg(q.to_string());
+        }
+        if let Some(a) = &admin {
+            cmd.arg("--admin-socket").arg(a);
+        }
+        let child = cmd
+            .args(&b.args)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -83,10 +145,11 @@ impl Daemon {
         let mut d = Daemon {
             child,
             socket,
+            admin,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.socket.exists() {
+        while !d.socket.exists() || d.admin.as_ref().is_some_and(|a| !a.exists()) {
             if let Some(status) = d.child.try_wait()? {
                 return Err(io::Error::other(format!(
                     "daemon exited with {status}: {}",
@@ -99,6 +162,11 @@ impl Daemon {
             thread::sleep(Duration::from_millis(20));
         }
         Ok(d)
+    }
+
+    /// The admin socket, if the daemon was started with one.
+    pub fn admin_socket(&self) -> Option<&Path> {
+        self.admin.as_deref()
     }
 
     /// The vhost-user socket.

@@ -3,13 +3,20 @@
 //! `nn-model`: make, inspect and run virtio-nn model files on the host.
 //!
 //! `predict` is the host reference the demo and the end-to-end tests compare
-//! the guest's answers with: it runs nn-core's scalar reference.
+//! the guest's answers with: it runs nn-core's scalar reference (unless
+//! `--kernel` says otherwise; every kernel gives the same bits).
+//!
+//! `import-safetensors` and `import-onnx` quantize a float model (a PyTorch
+//! `state_dict` saved as safetensors, or an ONNX MLP) to a model file and
+//! report the largest quantization error; `eval` measures a classifier's
+//! accuracy on a CSV test set.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use nn_core::{fixed, Activation, Layer, Mlp, Model};
+use nn_core::import::{self, ImportError, QuantReport};
+use nn_core::{fixed, Activation, Kernel, Layer, Mlp, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -55,7 +62,121 @@ enum Cmd {
         /// (as /proc/neural_network/predict).
         #[arg(long)]
         q16: bool,
+        /// Kernel: scalar (the reference), avx2, avx512, neon or auto.
+        #[arg(long, default_value = "scalar")]
+        kernel: Kernel,
     },
+    /// Quantizes a PyTorch state_dict saved as safetensors (F32/F64/F16/BF16
+    /// tensors PREFIX.weight of shape (out, in) and PREFIX.bias of shape (out)) to a model file.
+    /// Layers are the prefixes in natural order (0 < 2 < 10, fc1 < fc2 < fc10)
+    /// unless --layers lists them.
+    ImportSafetensors {
+        /// The float state_dict.
+        input: PathBuf,
+        /// Output model file.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Layer prefixes in order, e.g. fc1,fc2,head (default: natural order).
+        #[arg(long, value_delimiter = ',')]
+        layers: Option<Vec<String>>,
+        /// One activation per layer, e.g. relu,relu,identity (default: relu
+        /// after every layer but the last, identity at the end).
+        #[arg(long)]
+        activations: Option<String>,
+        /// Model name stored in the metadata (default: the input's file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Quantizes an ONNX MLP (Gemm / MatMul+Add / Relu chain) to a model file.
+    ImportOnnx {
+        /// The ONNX model.
+        input: PathBuf,
+        /// Output model file.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Model name stored in the metadata (default: the input's file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Accuracy of a classifier on a CSV test set: one sample a line, the
+    /// input features then the class index (argmax of the outputs); a first
+    /// line that is not numbers is a header. Features are whole numbers
+    /// (converted by << 16, as /proc/neural_network/predict), or raw Q16.16
+    /// with --q16.
+    Eval {
+        /// Model file.
+        model: PathBuf,
+        /// CSV test set.
+        #[arg(long)]
+        csv: PathBuf,
+        /// Features are raw Q16.16.
+        #[arg(long)]
+        q16: bool,
+    },
+}
+
+fn import_name(name: Option<String>, input: &std::path::Path) -> String {
+    name.unwrap_or_else(|| {
+        input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    })
+}
+
+fn write_import(
+    res: Result<(Mlp, QuantReport), ImportError>,
+    input: &std::path::Path,
+    out: &std::path::Path,
+    name: &str,
+) -> Result<(), String> {
+    let (mlp, report) = res.map_err(|e| format!("{}: {e}", input.display()))?;
+    let m = Model::new(mlp, name);
+    std::fs::write(out, m.to_bytes()).map_err(|e| format!("{}: {e}", out.display()))?;
+    println!(
+        "wrote {} ({:?}, crc32c:{:08x})",
+        out.display(),
+        m.mlp.dims(),
+        m.checksum
+    );
+    println!("{report}");
+    Ok(())
+}
+
+/// Reads a CSV test set: (features, label) per line.
+fn read_csv(path: &std::path::Path, q16: bool) -> Result<Vec<(Vec<i32>, usize)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rows = Vec::new();
+    for (ln, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let parsed: Result<Vec<i64>, _> = fields.iter().map(|f| f.parse::<i64>()).collect();
+        let Ok(v) = parsed else {
+            if ln == 0 {
+                continue; // header
+            }
+            return Err(format!("{}:{}: not integers", path.display(), ln + 1));
+        };
+        let (label, feats) = v.split_last().ok_or("empty line")?;
+        let x = feats
+            .iter()
+            .map(|&f| {
+                let f =
+                    i32::try_from(f).map_err(|_| format!("line {}: {f} is not an i32", ln + 1))?;
+                if q16 {
+                    Ok(f)
+                } else {
+                    fixed::from_int(f)
+                        .ok_or_else(|| format!("line {}: {f} does not fit in Q16.16", ln + 1))
+                }
+            })
+            .collect::<Result<Vec<i32>, String>>()?;
+        rows.push((x, usize::try_from(*label).map_err(|_| "negative label")?));
+    }
+    Ok(rows)
 }
 
 fn generate(dims: &[usize], seed: u64, name: &str) -> Result<Model, String> {
@@ -135,11 +256,76 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("dims: {}", dims.join("x"));
             println!("activations: {}", acts.join(","));
             println!("checksum: crc32c:{:08x}", m.checksum);
+            println!("kernel: {} (fastest on this CPU)", Kernel::detect());
         }
-        Cmd::Predict { model, input, q16 } => {
+        Cmd::ImportSafetensors {
+            input,
+            out,
+            layers,
+            activations,
+            name,
+        } => {
+            let bytes = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let opts = import::safetensors::Options {
+                layers,
+                activations: activations
+                    .as_deref()
+                    .map(import::parse_activations)
+                    .transpose()
+                    .map_err(|e| e.to_string())?,
+            };
+            let name = import_name(name, &input);
+            write_import(
+                import::safetensors::import(&bytes, &opts),
+                &input,
+                &out,
+                &name,
+            )?;
+        }
+        Cmd::ImportOnnx { input, out, name } => {
+            let bytes = std::fs::read(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let name = import_name(name, &input);
+            write_import(import::onnx::import(&bytes), &input, &out, &name)?;
+        }
+        Cmd::Eval { model, csv, q16 } => {
             let m = Model::load(&model).map_err(|e| e.to_string())?;
+            let rows = read_csv(&csv, q16)?;
+            let (ind, outd) = (m.mlp.input_dim(), m.mlp.output_dim());
+            let mut correct = 0;
+            let mut s = m.mlp.scratch();
+            let mut y = vec![0; outd];
+            for (k, (x, label)) in rows.iter().enumerate() {
+                if x.len() != ind {
+                    return Err(format!(
+                        "sample {}: {} features, the model takes {ind}",
+                        k + 1,
+                        x.len()
+                    ));
+                }
+                m.mlp
+                    .predict_batch(x, &mut y, &mut s)
+                    .map_err(|e| e.to_string())?;
+                if Mlp::argmax(&y) == Some(*label) {
+                    correct += 1;
+                }
+            }
+            println!(
+                "accuracy: {correct}/{} = {:.4} (kernel {})",
+                rows.len(),
+                correct as f64 / rows.len().max(1) as f64,
+                m.mlp.kernel()
+            );
+        }
+        Cmd::Predict {
+            model,
+            input,
+            q16,
+            kernel,
+        } => {
+            let m = Model::load(&model).map_err(|e| e.to_string())?;
+            let mlp = m.mlp.with_kernel(kernel).map_err(|e| e.to_string())?;
             let x = parse_inputs(&input, q16)?;
-            let y = m.mlp.predict(&x).map_err(|e| e.to_string())?;
+            let y = mlp.predict(&x).map_err(|e| e.to_string())?;
             if q16 {
                 println!("{}", join(y.into_iter()));
             } else {

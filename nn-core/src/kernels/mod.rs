@@ -1,0 +1,284 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Compute kernels: the scalar reference and SIMD paths for x86-64 (AVX2,
+//! AVX-512) and aarch64 (NEON), chosen at run time.
+//!
+//! Every kernel computes exactly [`crate::fixed`]'s arithmetic: exact 64-bit
+//! products, wrapping 64-bit accumulation from `bias << 16`, round half up,
+//! saturation to `i32`, then the activation. The SIMD kernels only reorder the
+//! (associative, commutative) wrapping sum, so their results are the same bits
+//! as the scalar reference; property tests check it on random models,
+//! including saturating and extreme values.
+//!
+//! # Layout
+//! At construction, each layer's weights are packed once into groups of
+//! [`GROUP`] output neurons: `[group][input][GROUP]`, outputs past `out_dim`
+//! padded with zero weights and bias, and the biases pre-shifted to the
+//! accumulators' `bias << 16`. The x86-64 kernels load 8 (AVX-512) or 4
+//! (AVX2) weights sign-extended to 64-bit lanes (`vpmovsxdq`) and multiply
+//! with `vpmuldq` (`_mm512_mul_epi32` / `_mm256_mul_epi32`: the low signed
+//! 32 bits of each lane, exact 64-bit product) by the input broadcast to
+//! every lane, then add with `vpaddq`; NEON uses `smlal` (`vmlal_s32`).
+//! Keeping the weights 32-bit halves the memory traffic of wide layers.
+//!
+//! The batch path runs the whole network on blocks of samples ([`BLOCK`] for
+//! narrow models, so activations stay in L1; more for wide ones, so each
+//! weight fetched from L2/L3 serves more samples), and within a layer
+//! computes tiles of several samples by several output groups, reusing each
+//! loaded weight vector for every sample of the tile. A single sample goes
+//! through a tile that splits each sum over 4 accumulators (shorter
+//! dependency chains).
+//!
+//! # Choosing a kernel
+//! [`Kernel::Auto`] resolves to the fastest kernel the CPU has
+//! ([`Kernel::detect`]): with the `std` feature by run-time CPU detection,
+//! without it by the features enabled at compile time; [`crate::Mlp::new`]
+//! uses it. [`crate::Mlp::with_kernel`] forces a kernel explicitly. The
+//! programs (the daemon, `nn-model`) take the choice from the environment
+//! variable [`ENV_VAR`] (`NN_CORE_KERNEL`: `scalar`, `avx2`, `avx512`, `neon`
+//! or `auto`) or a `--kernel` option, and refuse a kernel the CPU lacks with
+//! a clear error.
+//!
+//! All `unsafe` code of the crate lives in this module's SIMD submodules.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::str::FromStr;
+
+use crate::fixed;
+use crate::mlp::{Activation, Layer};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+/// Output neurons per packed group (and the padding of activation rows).
+pub const GROUP: usize = 8;
+/// Samples per block of the batch path for narrow models.
+pub const BLOCK: usize = 8;
+
+/// Samples per block of the batch path: [`BLOCK`] for narrow models, where
+/// everything stays in L1; more for wide ones, so that each weight panel
+/// fetched from L2/L3 serves more samples (activations then live in L2).
+pub(crate) fn block_len(max_width: usize) -> usize {
+    if padded(max_width) >= 256 {
+        BLOCK_WIDE
+    } else {
+        BLOCK
+    }
+}
+
+const BLOCK_WIDE: usize = 64;
+
+/// Name of the environment variable that forces a kernel (read by
+/// [`crate::Mlp::new`] with the `std` feature).
+pub const ENV_VAR: &str = "NN_CORE_KERNEL";
+
+/// A compute path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// The scalar reference ([`crate::fixed::neuron`] per output).
+    Scalar,
+    /// x86-64 AVX2 (`vpmuldq` on 4 lanes).
+    Avx2,
+    /// x86-64 AVX-512 F + VL (`vpmuldq` on 8 lanes, `vpsraq`, `vpmovsqd`).
+    Avx512,
+    /// aarch64 Advanced SIMD (`smlal`, `sqxtn`).
+    Neon,
+    /// The fastest kernel this CPU supports (resolved at construction).
+    Auto,
+}
+
+/// A kernel name that is not one of `scalar`, `avx2`, `avx512`, `neon`, `auto`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kernel `{0}` (expected scalar, avx2, avx512, neon or auto)")]
+pub struct UnknownKernel(pub alloc::string::String);
+
+/// A kernel this CPU (or build) cannot run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("kernel `{0}` is not supported on this CPU or build")]
+pub struct Unsupported(pub Kernel);
+
+impl Kernel {
+    /// Every concrete kernel (not [`Kernel::Auto`]).
+    pub const ALL: [Kernel; 4] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512, Kernel::Neon];
+
+    /// The name used by `NN_CORE_KERNEL` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512 => "avx512",
+            Kernel::Neon => "neon",
+            Kernel::Auto => "auto",
+        }
+    }
+
+    /// Whether this CPU (and build) can run the kernel. [`Kernel::Auto`] and
+    /// [`Kernel::Scalar`] always can.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Kernel::Scalar | Kernel::Auto => true,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2::supported(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::supported(),
+            #[cfg(target_arch = "aarch64")]
+            Kernel::Neon => neon::supported(),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The fastest supported kernel.
+    pub fn detect() -> Kernel {
+        [Kernel::Avx512, Kernel::Avx2, Kernel::Neon]
+            .into_iter()
+            .find(|k| k.is_supported())
+            .unwrap_or(Kernel::Scalar)
+    }
+
+    /// Resolves [`Kernel::Auto`], and checks that the CPU supports the kernel.
+    pub fn resolve(self) -> Result<Kernel, Unsupported> {
+        match self {
+            Kernel::Auto => Ok(Kernel::detect()),
+            k if k.is_supported() => Ok(k),
+            k => Err(Unsupported(k)),
+        }
+    }
+
+    /// The kernel asked for by `NN_CORE_KERNEL`, if set.
+    #[cfg(feature = "std")]
+    pub fn from_env() -> Option<Result<Kernel, UnknownKernel>> {
+        std::env::var(ENV_VAR).ok().map(|v| v.parse())
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Kernel {
+    type Err = UnknownKernel;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Ok(Kernel::Scalar),
+            "avx2" => Ok(Kernel::Avx2),
+            "avx512" => Ok(Kernel::Avx512),
+            "neon" => Ok(Kernel::Neon),
+            "auto" | "" => Ok(Kernel::Auto),
+            _ => Err(UnknownKernel(s.into())),
+        }
+    }
+}
+
+/// Rounds `n` up to a multiple of [`GROUP`].
+pub(crate) const fn padded(n: usize) -> usize {
+    n.div_ceil(GROUP) * GROUP
+}
+
+/// A layer packed for the SIMD kernels.
+#[derive(Clone)]
+pub(crate) struct Packed {
+    pub in_dim: usize,
+    /// `out_dim` rounded up to [`GROUP`]: the row stride of this layer's output.
+    pub out_pad: usize,
+    /// Number of groups of [`GROUP`] outputs.
+    pub groups: usize,
+    pub relu: bool,
+    /// `[group][in][GROUP]`.
+    pub w32: Vec<i32>,
+    /// `bias << 16` per output, padded with zeros: the accumulators' start.
+    pub bias: Vec<i64>,
+}
+
+impl Packed {
+    pub(crate) fn new(layer: &Layer) -> Self {
+        let (in_dim, out_dim) = (layer.in_dim(), layer.out_dim());
+        let groups = out_dim.div_ceil(GROUP);
+        let out_pad = groups * GROUP;
+        let mut w32 = alloc::vec![0i32; groups * in_dim * GROUP];
+        for (j, row) in layer.weights().chunks_exact(in_dim).enumerate() {
+            let (g, lane) = (j / GROUP, j % GROUP);
+            for (i, &w) in row.iter().enumerate() {
+                w32[(g * in_dim + i) * GROUP + lane] = w;
+            }
+        }
+        let mut bias = alloc::vec![0i64; out_pad];
+        for (b, &v) in bias.iter_mut().zip(layer.bias()) {
+            *b = fixed::bias_acc(v);
+        }
+
+        Self {
+            in_dim,
+            out_pad,
+            groups,
+            relu: layer.activation() == Activation::Relu,
+            w32,
+            bias,
+        }
+    }
+}
+
+/// Runs one packed layer on `n` samples.
+///
+/// `x` holds sample `s` at `x[s * x_stride..][..in_dim]`; `y` receives sample
+/// `s` at `y[s * out_pad..][..out_dim]` (the padding outputs after them are
+/// unspecified, and never read).
+///
+/// # Panics
+/// If the slices are too short, or `kernel` is not a supported SIMD kernel
+/// (both are internal invariants, checked per call, not per sample).
+pub(crate) fn run_layer(
+    kernel: Kernel,
+    p: &Packed,
+    x: &[i32],
+    x_stride: usize,
+    n: usize,
+    y: &mut [i32],
+) {
+    assert!(n >= 1 && x_stride >= p.in_dim);
+    assert!(x.len() >= (n - 1) * x_stride + p.in_dim);
+    assert!(y.len() >= n * p.out_pad);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            assert!(avx512::supported() && p.w32.len() == p.groups * p.in_dim * GROUP);
+            // SAFETY: the CPU has the kernel's features (checked above), the
+            // packed weights have the documented size, and the slices hold
+            // `n` rows of the sizes the kernel reads and writes (asserted).
+            unsafe { avx512::layer(p, x.as_ptr(), x_stride, n, y.as_mut_ptr()) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            assert!(avx2::supported() && p.w32.len() == p.groups * p.in_dim * GROUP);
+            // SAFETY: as for AVX-512 above.
+            unsafe { avx2::layer(p, x.as_ptr(), x_stride, n, y.as_mut_ptr()) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Kernel::Neon => {
+            assert!(neon::supported() && p.w32.len() == p.groups * p.in_dim * GROUP);
+            // SAFETY: as for AVX-512 above.
+            unsafe { neon::layer(p, x.as_ptr(), x_stride, n, y.as_mut_ptr()) }
+        }
+        k => panic!("run_layer: {k} is not a SIMD kernel of this build"),
+    }
+}
+
+/// Index of the largest value (the first one on ties), e.g. the class a
+/// classifier's outputs vote for; `None` for an empty slice.
+pub fn argmax(values: &[i32]) -> Option<usize> {
+    let mut best: Option<(usize, i32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
