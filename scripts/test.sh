@@ -4,7 +4,8 @@
 # Builds what is missing (see build.sh), then runs:
 #  1. rustfmt and clippy (warnings are errors)
 #  2. the unit tests of every crate (cargo test --workspace)
-#  3. nn-core without std (no_std + alloc build)
+#  3. nn-core without std (no_std + alloc build), and nn-core's tests for
+#     aarch64 under qemu-user (the NEON kernel against the reference)
 #  4. the end-to-end tests: each starts the daemon, boots a QEMU guest with
 #     the real driver and checks its /proc answers against nn-core on the host
 #  5. the guest driver suite (tests/guest): bad input, per-file answers,
@@ -25,6 +26,9 @@ cargo test --workspace
 
 log "nn-core without std"
 cargo build --quiet -p nn-core --no-default-features
+
+log "nn-core on aarch64 under qemu-user (runs the NEON kernel)"
+"$REPO/nn-core/scripts/test-aarch64.sh"
 
 log "end-to-end tests (QEMU guests)"
 VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
