@@ -11,6 +11,7 @@
 //! | `{"cmd":"stats"}` | `queues` (per queue ok/errors/samples), `swaps`, `swap_failures` |
 //! | `{"cmd":"metrics"}` | `text`: the Prometheus text exposition |
 //! | `{"cmd":"load","path":"FILE"}` | `generation`, `model`: FILE validated and swapped in |
+//! | `{"cmd":"test-delay","ms":N}` | test-only (`--test-mode`): delay every request by N ms |
 //!
 //! Every failure is a reply `{"ok": false, "error": "..."}`: malformed JSON,
 //! unknown commands or fields, lines over [`MAX_LINE`] bytes (the connection
@@ -61,12 +62,19 @@ pub enum Request {
         /// The model file.
         path: PathBuf,
     },
+    /// Test-only: make the device answer every request `ms` late.
+    #[serde(rename = "test-delay")]
+    TestDelay {
+        /// Milliseconds; 0 restores normal service.
+        ms: u64,
+    },
 }
 
 /// What the admin commands act on.
 pub struct Admin {
     device: Arc<NnDevice>,
     kernel: Kernel,
+    test_mode: bool,
     stats: Arc<Stats>,
     started: Instant,
     clients: AtomicUsize,
@@ -106,10 +114,17 @@ impl Admin {
         Self {
             device,
             kernel,
+            test_mode: false,
             stats,
             started: Instant::now(),
             clients: AtomicUsize::new(0),
         }
+    }
+
+    /// Enables the test-only commands (`test-delay`).
+    pub fn with_test_mode(mut self, on: bool) -> Self {
+        self.test_mode = on;
+        self
     }
 
     /// Answers one request line.
@@ -143,6 +158,14 @@ impl Admin {
             }
             Request::Metrics {} => json!({"ok": true, "text": self.stats.encode()}),
             Request::Load { path } => self.load(&path),
+            Request::TestDelay { .. } if !self.test_mode => {
+                error("test-delay needs a daemon started with --test-mode")
+            }
+            Request::TestDelay { ms } => {
+                warn!("admin: test delay of {ms} ms per request");
+                self.device.set_test_delay(ms);
+                json!({"ok": true, "delay_ms": ms})
+            }
         }
     }
 
@@ -343,6 +366,24 @@ mod tests {
         assert_eq!(
             (s["swaps"].clone(), s["swap_failures"].clone()),
             (json!(1), json!(4))
+        );
+    }
+
+    #[test]
+    fn test_delay_only_in_test_mode() {
+        let (a, _dir) = admin();
+        let r = a.handle_line(r#"{"cmd":"test-delay","ms":5}"#);
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().unwrap().contains("--test-mode"), "{r}");
+        let a = Admin::new(a.device.clone(), a.stats.clone(), Kernel::Auto).with_test_mode(true);
+        assert_eq!(
+            a.handle_line(r#"{"cmd":"test-delay","ms":5}"#)["delay_ms"],
+            5
+        );
+        assert_eq!(a.device.delay_ms(), 5);
+        assert_eq!(
+            a.handle_line(r#"{"cmd":"test-delay","ms":-1}"#)["ok"],
+            false
         );
     }
 

@@ -9,7 +9,9 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use log::{debug, warn};
 use nn_core::protocol::{
@@ -42,6 +44,9 @@ pub struct Served {
 pub struct NnDevice {
     served: RwLock<Arc<Served>>,
     num_req_queues: u32,
+    /// Test-only: every request waits this long before it is answered, to
+    /// make the device slow on purpose (guest timeout tests).
+    delay_ms: AtomicU64,
     /// Written at every model change; the backend waits on it to send an
     /// event on the event queue.
     changed: EventFd,
@@ -87,6 +92,7 @@ impl NnDevice {
             })),
             num_req_queues,
             changed: EventFd::new(libc::EFD_NONBLOCK)?,
+            delay_ms: AtomicU64::new(0),
         })
     }
 
@@ -162,6 +168,16 @@ impl NnDevice {
         }
     }
 
+    /// Test-only: delays every request by `ms` (0: none) from now on.
+    pub fn set_test_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The current test delay in milliseconds.
+    pub fn delay_ms(&self) -> u64 {
+        self.delay_ms.load(Ordering::Relaxed)
+    }
+
     /// Handles one request chain: reads the request, runs the model, writes
     /// the response. Never panics on guest input.
     pub fn process_chain(
@@ -170,6 +186,10 @@ impl NnDevice {
         mem: &GuestMemory,
         buf: &mut Buffers,
     ) -> Outcome {
+        let delay = self.delay_ms();
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         // Fix (hostile-guest tests descriptor_loop_*, chain_through_whole_
         // table_then_loop, *_next_index_beyond_queue_size, total_chain_
         // length_over_4gib, indirect_loop_inside_table): virtio-queue ends a

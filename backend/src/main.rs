@@ -85,6 +85,11 @@ struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Mode::Errno)]
     seccomp: Mode,
 
+    /// Enables test-only admin commands (`test-delay`: a slow device on
+    /// purpose). Never in production.
+    #[arg(long, hide = true)]
+    test_mode: bool,
+
     /// Permissions of the admin socket, in octal.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     admin_socket_mode: u32,
@@ -200,7 +205,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     );
     let stats = Arc::new(Stats::new(args.queues));
     let mut listener = listener(&args)?;
-    let admin = Arc::new(Admin::new(device.clone(), stats.clone(), kernel));
+    let admin =
+        Arc::new(Admin::new(device.clone(), stats.clone(), kernel).with_test_mode(args.test_mode));
     if let Some(path) = &args.admin_socket {
         admin::spawn(admin.clone(), path, args.admin_socket_mode)
             .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?;
