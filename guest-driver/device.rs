@@ -1,32 +1,48 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The virtio-nn device: probe, remove, the request queue and predictions.
+//! The virtio-nn device: the request queues and predictions (probe and
+//! remove are in `device/probe.rs`).
+//!
+//! Queues: the device has `num_req_queues` request queues (config space)
+//! and, after them, the event queue. The driver uses all request queues: a
+//! request goes to queue `cpu % n` of the submitting CPU, so CPUs do not
+//! share a queue lock unless there are fewer queues than CPUs.
 //!
 //! Locking:
-//! * [`NnDevice::vq`] (a spinlock taken with interrupts disabled) protects
-//!   the virtqueue; it is taken by submitters and by the queue's interrupt
-//!   callback. A null queue pointer means the device is going away: nothing
-//!   is submitted any more.
+//! * [`ReqQueue::vq`] (a spinlock taken with interrupts disabled, one per
+//!   request queue) protects that virtqueue; it is taken by submitters and by
+//!   the queue's interrupt callback. A null queue pointer means the device is
+//!   going away: nothing is submitted any more.
 //! * [`NnDevice::config`] (a mutex) protects the cached config space and
 //!   serialises config reads, which sleep (each is a round trip to the host).
-//!   A null `vdev` there means the device is going away.
+//!   A null `vdev` there means the device is going away. Predictions read a
+//!   lock-free copy ([`ConfigSnapshot`], a sequence lock) unless the config
+//!   is stale; with the RCU device lookup of [`crate::Globals`] and the
+//!   per-CPU queues, the hot path takes no lock shared by all CPUs.
 
+mod probe;
+
+use crate::config_snap::ConfigSnapshot;
 use crate::events::EventQueue;
 use crate::glue;
 use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::protocol::{self, cfg, DeviceConfig, ResponseHeader};
-use crate::request::{Completed, Request};
-use core::ffi::c_void;
+use crate::request::{etimedout, Completed, Deadline, Request};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use kernel::bindings;
-use kernel::ffi::c_int;
 use kernel::prelude::*;
-use kernel::sync::{new_condvar, new_mutex, Arc, ArcBorrow, CondVar, CondVarTimeoutResult, Mutex};
-use kernel::{c_str, error::from_result};
+use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, Mutex};
 
 /// How often a config read is retried when the generation changed under it.
 const CONFIG_READ_RETRIES: u32 = 5;
+
+/// Most request queues the driver uses.
+const MAX_REQ_QUEUES: usize = 64;
+
+/// Most request queues the driver sets up to reach the event queue after
+/// them.
+const MAX_FIND_QUEUES: usize = 256;
 
 /// State protected by [`NnDevice::vq`].
 struct VqState {
@@ -48,24 +64,50 @@ struct ConfigState {
 // SAFETY: `vdev` is only used with the lock held, from any thread.
 unsafe impl Send for ConfigState {}
 
-/// A bound virtio-nn device.
+/// One request queue.
 #[pin_data]
-pub(crate) struct NnDevice {
-    /// The virtio device index (`virtioN`), for messages.
-    index: u32,
-    /// The request queue.
+pub(crate) struct ReqQueue {
+    /// The virtqueue.
     #[pin]
     vq: IrqSpinLock<VqState>,
     /// Notified when the device hands buffers back (room on the queue) and
     /// when it goes away.
     #[pin]
     vq_space: CondVar,
+    /// The virtqueue, kept for `teardown` after `vq` is cleared.
+    raw: AtomicPtr<bindings::virtqueue>,
+    /// Requests put on this queue.
+    submitted: AtomicU64,
+}
+
+impl ReqQueue {
+    fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            raw: AtomicPtr::new(ptr::null_mut()),
+            submitted: AtomicU64::new(0),
+            vq <- new_irq_spinlock!(VqState { vq: ptr::null_mut() }, "virtio_nn_vq"),
+            vq_space <- new_condvar!("virtio_nn_vq_space"),
+        })
+    }
+}
+
+/// A bound virtio-nn device.
+#[pin_data]
+pub(crate) struct NnDevice {
+    /// The virtio device index (`virtioN`), for messages.
+    index: u32,
+    /// The request queues (virtqueues `0..queues.len()`).
+    queues: KVec<Pin<KBox<ReqQueue>>>,
     /// The cached config space.
     #[pin]
     config: Mutex<ConfigState>,
     /// Set when the cached config may be out of date (config change
     /// interrupt, or an answer from another model generation).
     config_stale: AtomicBool,
+    /// A lock-free copy of `config.cfg`, for the prediction fast path.
+    snapshot: ConfigSnapshot,
+    /// Set when the device is going away (as `config.vdev` null).
+    gone: AtomicBool,
     /// Id of the next request.
     next_id: AtomicU64,
     /// The event queue, if the device has one.
@@ -80,15 +122,20 @@ pub(crate) struct ModelInfo {
 }
 
 impl NnDevice {
-    fn new(vdev: *mut bindings::virtio_device, cfg: DeviceConfig) -> impl PinInit<Self> {
+    fn new(
+        vdev: *mut bindings::virtio_device,
+        cfg: DeviceConfig,
+        queues: KVec<Pin<KBox<ReqQueue>>>,
+    ) -> impl PinInit<Self> {
         // SAFETY: `vdev` is the valid device being probed.
         let index = unsafe { (*vdev).index } as u32;
         pin_init!(Self {
             index,
-            vq <- new_irq_spinlock!(VqState { vq: ptr::null_mut() }, "virtio_nn_vq"),
-            vq_space <- new_condvar!("virtio_nn_vq_space"),
+            queues,
             config <- new_mutex!(ConfigState { vdev, cfg }, "virtio_nn_config"),
             config_stale: AtomicBool::new(false),
+            snapshot: ConfigSnapshot::new(&cfg),
+            gone: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             events <- EventQueue::new(),
         })
@@ -100,37 +147,76 @@ impl NnDevice {
         let mut state = self.config.lock();
         if !state.vdev.is_null() && self.config_stale.swap(false, Ordering::Relaxed) {
             match read_config(state.vdev, self.index) {
-                Ok(cfg) => state.cfg = cfg,
+                Ok(cfg) => {
+                    state.cfg = cfg;
+                    self.snapshot.store(&cfg);
+                }
                 Err(_) => self.config_stale.store(true, Ordering::Relaxed),
             }
         }
         ModelInfo { cfg: state.cfg }
     }
 
-    /// Runs the model on one sample; `inputs` are Q16.16 values and must
-    /// be as many as the model's input width. Returns the Q16.16 outputs.
+    /// Number of request queues in use.
+    pub(crate) fn num_queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Requests submitted on each request queue, written as `a,b,...`.
+    pub(crate) fn write_queue_counts(&self, w: &mut impl core::fmt::Write) -> core::fmt::Result {
+        for (i, q) in self.queues.iter().enumerate() {
+            if i > 0 {
+                w.write_char(',')?;
+            }
+            write!(w, "{}", q.submitted.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the model on `num_samples` samples (one request, the device's
+    /// batch format); `inputs` holds `num_samples` rows of Q16.16 values,
+    /// each as wide as the model's input. Returns the Q16.16 outputs, row
+    /// after row, and the model generation that answered. `expect` (input and output width), if given, must match
+    /// the current model (else `EINVAL`). Waits until `deadline` at most.
     ///
     /// If the model was swapped for one with another output width while the
     /// request was built (the answer comes from a newer generation and does
     /// not fit), the config is read again and the request sent once more.
-    pub(crate) fn predict(&self, inputs: &[i32]) -> Result<KVec<i32>> {
+    pub(crate) fn predict(
+        &self,
+        inputs: &[i32],
+        num_samples: usize,
+        expect: Option<(usize, usize)>,
+        deadline: &Deadline,
+    ) -> Result<(KVec<i32>, u32)> {
+        if num_samples == 0 || inputs.len() % num_samples != 0 {
+            return Err(EINVAL);
+        }
+        let in_dim = inputs.len() / num_samples;
         let mut retried = false;
         loop {
+            let fits = |c: &DeviceConfig| {
+                in_dim == c.input_dim() as usize
+                    && expect.map_or(true, |(i, o)| i == in_dim && o == c.output_dim() as usize)
+            };
             let mut cfg = self.current_config(false)?;
-            if inputs.len() != cfg.input_dim() as usize {
+            if !fits(&cfg) {
                 // Wrong width, or a model swap the driver has not heard of:
                 // one round trip (the generation) tells.
                 cfg = self.current_config(true)?;
-                if inputs.len() != cfg.input_dim() as usize {
+                if !fits(&cfg) {
                     return Err(EINVAL);
                 }
             }
             let out_dim = cfg.output_dim() as usize;
+            if num_samples > cfg.max_batch.max(1) as usize {
+                return Err(EINVAL);
+            }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let req = Request::new(id, inputs, out_dim)?;
-            self.submit(&req)?;
-            let done = req.wait()?;
-            match self.check_answer(&done, &cfg, id, out_dim)? {
+            let req = Request::new(id, inputs, num_samples, out_dim)?;
+            self.submit(&req, deadline)?;
+            let done = req.wait(deadline)?;
+            match self.check_answer(&done, &cfg, id, num_samples, out_dim)? {
                 Some(outputs) => return Ok(outputs),
                 None if !retried => retried = true,
                 None => return Err(EIO),
@@ -141,7 +227,17 @@ impl NnDevice {
     /// The config space, read again if it may have changed (or, with
     /// `recheck`, if its generation field changed). Fails with `ENODEV` if
     /// the device is gone or has no model.
-    fn current_config(&self, recheck: bool) -> Result<DeviceConfig> {
+    pub(crate) fn current_config(&self, recheck: bool) -> Result<DeviceConfig> {
+        // Fast path, without the mutex: the config is known and usable.
+        if !recheck
+            && !self.gone.load(Ordering::Acquire)
+            && !self.config_stale.load(Ordering::Relaxed)
+        {
+            let c = self.snapshot.load();
+            if c.status == protocol::DEVICE_STATUS_READY {
+                return Ok(c);
+            }
+        }
         let mut state = self.config.lock();
         if state.vdev.is_null() {
             return Err(ENODEV);
@@ -153,7 +249,10 @@ impl NnDevice {
             || state.cfg.status != protocol::DEVICE_STATUS_READY
         {
             match read_config(state.vdev, self.index) {
-                Ok(cfg) => state.cfg = cfg,
+                Ok(cfg) => {
+                    state.cfg = cfg;
+                    self.snapshot.store(&cfg);
+                }
                 Err(e) => {
                     self.config_stale.store(true, Ordering::Relaxed);
                     return Err(e);
@@ -167,10 +266,20 @@ impl NnDevice {
         }
     }
 
-    /// Puts `req` on the request queue and notifies the device. Waits (as
-    /// long as the module's timeout, interruptibly) while the queue is full.
-    fn submit(&self, req: &Arc<Request>) -> Result {
-        let mut state = self.vq.lock();
+    /// The request queue of the calling CPU.
+    fn my_queue(&self) -> &ReqQueue {
+        // SAFETY: No preconditions; a stale CPU number (preemption) only
+        // picks another queue.
+        let cpu = unsafe { glue::virtio_nn_cpu() } as usize;
+        &self.queues[cpu % self.queues.len()]
+    }
+
+    /// Puts `req` on the calling CPU's request queue and notifies the
+    /// device. Waits (until `deadline`, interruptibly) while the queue is
+    /// full.
+    fn submit(&self, req: &Arc<Request>, deadline: &Deadline) -> Result {
+        let q = self.my_queue();
+        let mut state = q.vq.lock();
         loop {
             if state.vq.is_null() {
                 return Err(ENODEV);
@@ -205,6 +314,7 @@ impl NnDevice {
             if ret == 0 {
                 // SAFETY: As above.
                 unsafe { bindings::virtqueue_kick(state.vq) };
+                q.submitted.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
             // SAFETY: The token was not added, so its reference is still ours.
@@ -212,31 +322,33 @@ impl NnDevice {
             if ret != ENOSPC.to_errno() {
                 return Err(Error::from_errno(ret));
             }
-            // SAFETY: No preconditions.
-            let timeout = unsafe { glue::virtio_nn_timeout_jiffies() } as kernel::time::Jiffies;
-            match self
+            let left = deadline.left();
+            if left == 0 {
+                return Err(etimedout());
+            }
+            match q
                 .vq_space
-                .wait_interruptible_timeout(&mut state, timeout)
+                .wait_interruptible_timeout(&mut state, left as kernel::time::Jiffies)
             {
                 CondVarTimeoutResult::Woken { .. } => continue,
-                CondVarTimeoutResult::Timeout => {
-                    return Err(Error::from_errno(-(bindings::ETIMEDOUT as i32)))
-                }
+                CondVarTimeoutResult::Timeout => return Err(etimedout()),
                 CondVarTimeoutResult::Signal { .. } => return Err(EINTR),
             }
         }
     }
 
     /// Checks the device's answer to request `id` and returns its outputs,
-    /// or `None` if a model of another generation answered and the answer
+    /// and the generation that answered, or `None` if a model of another
+    /// generation answered and the answer
     /// does not fit what `cfg` describes (the config is then stale).
     fn check_answer(
         &self,
         done: &Completed<'_>,
         cfg: &DeviceConfig,
         id: u64,
+        num_samples: usize,
         out_dim: usize,
-    ) -> Result<Option<KVec<i32>>> {
+    ) -> Result<Option<(KVec<i32>, u32)>> {
         let resp = done.response();
         let Some(header) = resp.first_chunk::<{ ResponseHeader::SIZE }>() else {
             pr_warn!(
@@ -276,21 +388,24 @@ impl NnDevice {
                 return Err(status_to_error(status));
             }
         }
-        if model_changed && header.num_samples == 1 && header.out_dim as usize != out_dim {
+        let samples_ok = header.num_samples as usize == num_samples;
+        if model_changed && samples_ok && header.out_dim as usize != out_dim {
             return Ok(None);
         }
-        if header.num_samples != 1 || header.out_dim as usize != out_dim {
+        if !samples_ok || header.out_dim as usize != out_dim {
             pr_warn!(
-                "virtio{}: answer has {} samples of {} values, expected 1 of {}\n",
+                "virtio{}: answer has {} samples of {} values, expected {} of {}\n",
                 self.index,
                 header.num_samples,
                 header.out_dim,
+                num_samples,
                 out_dim
             );
             return Err(EIO);
         }
+        let total = num_samples * out_dim;
         let payload = &resp[ResponseHeader::SIZE..];
-        if payload.len() < out_dim * 4 {
+        if payload.len() < total * 4 {
             pr_warn!(
                 "virtio{}: short answer ({} bytes)\n",
                 self.index,
@@ -298,7 +413,7 @@ impl NnDevice {
             );
             return Err(EIO);
         }
-        let mut outputs = KVec::from_elem(0i32, out_dim, GFP_KERNEL)?;
+        let mut outputs = KVec::from_elem(0i32, total, GFP_KERNEL)?;
         // Like `protocol::decode_values`, whose `chunks_exact` brings a
         // division-by-zero panic path that the objtool of Linux 6.12 does not
         // know as `noreturn` (it warns).
@@ -306,15 +421,20 @@ impl NnDevice {
             let b = &payload[4 * i..4 * i + 4];
             *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
-        Ok(Some(outputs))
+        Ok(Some((outputs, header.generation)))
     }
 
-    /// Completes every request the device has handed back. Runs in
-    /// interrupt context.
+    /// Completes every request the device has handed back on request queue
+    /// `vq`. Runs in interrupt context.
     fn vq_done(&self, vq: *mut bindings::virtqueue) {
+        // SAFETY: `vq` is a live queue of this device.
+        let qi = unsafe { (*vq).index } as usize;
+        let Some(q) = self.queues.get(qi) else {
+            return;
+        };
         let mut any = false;
         {
-            let state = self.vq.lock();
+            let state = q.vq.lock();
             if state.vq.is_null() {
                 // Being removed: `teardown` fails everything left.
                 return;
@@ -334,48 +454,53 @@ impl NnDevice {
             }
         }
         if any {
-            self.vq_space.notify_all();
+            q.vq_space.notify_all();
         }
     }
 
-    /// Stops the device and fails every request still on its queue with
+    /// Stops the device and fails every request still on its queues with
     /// `ENODEV`.
     ///
     /// # Safety
     ///
     /// `vdev` must be the device this was probed with, and still bound.
     unsafe fn teardown(&self, vdev: *mut bindings::virtio_device) {
+        self.gone.store(true, Ordering::Release);
         self.config.lock().vdev = ptr::null_mut();
-        let vq = core::mem::replace(&mut self.vq.lock().vq, ptr::null_mut());
+        for q in self.queues.iter() {
+            q.vq.lock().vq = ptr::null_mut();
+            // Submitters waiting for room see the device gone.
+            q.vq_space.notify_all();
+        }
         let event_vq = self.events.stop();
-        // Submitters waiting for room see the device gone.
-        self.vq_space.notify_all();
         // SAFETY: `vdev` is valid (caller). After the reset the device uses
         // no buffer and no callback runs any more.
         unsafe { bindings::virtio_reset_device(vdev) };
-        if !vq.is_null() {
-            let mut failed = 0u32;
-            {
-                let _guard = self.vq.lock();
-                loop {
-                    // SAFETY: The queue still exists and the device is reset.
-                    let token = unsafe { bindings::virtqueue_detach_unused_buf(vq) };
-                    if token.is_null() {
-                        break;
-                    }
-                    // SAFETY: The token comes from `into_token` and the device
-                    // no longer uses it.
-                    unsafe { Request::complete_token(token, 0, ENODEV.to_errno()) };
-                    failed += 1;
+        let mut failed = 0u32;
+        for q in self.queues.iter() {
+            let vq = q.raw.load(Ordering::Relaxed);
+            if vq.is_null() {
+                continue;
+            }
+            let _guard = q.vq.lock();
+            loop {
+                // SAFETY: The queue still exists and the device is reset.
+                let token = unsafe { bindings::virtqueue_detach_unused_buf(vq) };
+                if token.is_null() {
+                    break;
                 }
+                // SAFETY: The token comes from `into_token` and the device
+                // no longer uses it.
+                unsafe { Request::complete_token(token, 0, ENODEV.to_errno()) };
+                failed += 1;
             }
-            if failed > 0 {
-                pr_info!(
-                    "virtio{}: failed {} requests in flight\n",
-                    self.index,
-                    failed
-                );
-            }
+        }
+        if failed > 0 {
+            pr_info!(
+                "virtio{}: failed {} requests in flight\n",
+                self.index,
+                failed
+            );
         }
         if !event_vq.is_null() {
             // SAFETY: From `stop`; the queue exists and the device is reset.
@@ -445,187 +570,4 @@ fn read_config(vdev: *mut bindings::virtio_device, index: u32) -> Result<DeviceC
     }
     pr_err!("virtio{}: config space keeps changing\n", index);
     Err(EAGAIN)
-}
-
-fn probe(vdev: *mut bindings::virtio_device) -> Result {
-    // SAFETY: `vdev` is the device being probed.
-    let index = unsafe { (*vdev).index } as u32;
-    // SAFETY: As above.
-    if !unsafe { glue::virtio_nn_has_feature(vdev, bindings::VIRTIO_F_VERSION_1) } {
-        pr_err!("virtio{}: legacy device (no VIRTIO_F_VERSION_1)\n", index);
-        return Err(ENODEV);
-    }
-    let globals = crate::globals()?;
-    if globals.device.lock().is_some() {
-        pr_err!("virtio{}: only one virtio-nn device is supported\n", index);
-        return Err(EBUSY);
-    }
-    let cfg = read_config(vdev, index)?;
-    if cfg.num_req_queues == 0 {
-        pr_err!("virtio{}: device has no request queue\n", index);
-        return Err(ENODEV);
-    }
-    let dev = Arc::pin_init(NnDevice::new(vdev, cfg), GFP_KERNEL)?;
-    // The queue callback finds the device through `priv`; that reference is
-    // dropped in `remove`.
-    // SAFETY: `vdev` is valid and its queues do not exist yet.
-    unsafe { (*vdev).priv_ = Arc::into_raw(dev.clone()).cast_mut().cast() };
-    let (vq, event_vq) = match find_vqs(vdev, cfg.num_req_queues == 1) {
-        Ok(vqs) => vqs,
-        Err(e) => {
-            // SAFETY: `priv` holds the reference taken above; no callback
-            // can run without queues.
-            unsafe { drop_priv(vdev) };
-            pr_err!("virtio{}: cannot set up the queues: {:?}\n", index, e);
-            return Err(e);
-        }
-    };
-    dev.vq.lock().vq = vq;
-    // SAFETY: `vdev` is valid and its queues are set up.
-    unsafe { glue::virtio_nn_device_ready(vdev) };
-    if let Some(event_vq) = event_vq {
-        // SAFETY: The event queue was just set up and the device is ready.
-        unsafe { dev.events.start(event_vq) };
-    }
-
-    {
-        let mut current = globals.device.lock();
-        if current.is_none() {
-            *current = Some(dev.clone());
-            drop(current);
-            pr_info!(
-                "virtio{}: {}, generation {}\n",
-                index,
-                crate::sysfs::ModelName(&cfg),
-                cfg.generation
-            );
-            return Ok(());
-        }
-    }
-    // Another device won a race with this probe.
-    // SAFETY: `vdev` is this device, still bound.
-    unsafe { dev.teardown(vdev) };
-    // SAFETY: As above, and no callback runs after `teardown`.
-    unsafe { drop_priv(vdev) };
-    Err(EBUSY)
-}
-
-/// Sets up request queue 0 and, if `with_events`, the event queue after it
-/// (queue 1); falls back to the request queue alone if the device has no
-/// event queue.
-fn find_vqs(
-    vdev: *mut bindings::virtio_device,
-    with_events: bool,
-) -> Result<(*mut bindings::virtqueue, Option<*mut bindings::virtqueue>)> {
-    let infos = [
-        bindings::virtqueue_info {
-            name: c_str!("requests").as_char_ptr(),
-            callback: Some(virtio_nn_vq_done),
-            ctx: false,
-        },
-        bindings::virtqueue_info {
-            name: c_str!("events").as_char_ptr(),
-            callback: Some(virtio_nn_event_done),
-            ctx: false,
-        },
-    ];
-    let mut vqs = [ptr::null_mut(); 2];
-    if with_events {
-        let mut infos = infos;
-        // SAFETY: `vdev` is valid, without queues; both arrays have 2 entries.
-        let ret =
-            unsafe { glue::virtio_nn_find_vqs(vdev, 2, vqs.as_mut_ptr(), infos.as_mut_ptr()) };
-        if ret == 0 {
-            return Ok((vqs[0], Some(vqs[1])));
-        }
-    }
-    let mut infos = infos;
-    // SAFETY: `vdev` is valid, without queues; the arrays have 1 entry or
-    // more.
-    let ret = unsafe { glue::virtio_nn_find_vqs(vdev, 1, vqs.as_mut_ptr(), infos.as_mut_ptr()) };
-    kernel::error::to_result(ret)?;
-    Ok((vqs[0], None))
-}
-
-/// Drops the device reference held by `vdev->priv` and clears it.
-///
-/// # Safety
-///
-/// `vdev->priv` must hold a reference from `Arc::into_raw` and no queue
-/// callback may run any more.
-unsafe fn drop_priv(vdev: *mut bindings::virtio_device) {
-    // SAFETY: Guaranteed by the caller.
-    unsafe {
-        let p = core::mem::replace(&mut (*vdev).priv_, ptr::null_mut());
-        drop(Arc::from_raw(p.cast::<NnDevice>()));
-    }
-}
-
-/// `virtio_driver.probe`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_probe(vdev: *mut bindings::virtio_device) -> c_int {
-    from_result(|| probe(vdev).map(|()| 0))
-}
-
-/// `virtio_driver.remove`: unpublishes the device, resets it and fails its
-/// requests in flight with `ENODEV`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_remove(vdev: *mut bindings::virtio_device) {
-    // Take over the reference of `priv`; `priv` stays set for the queue
-    // callback until `teardown` has stopped it.
-    // SAFETY: A bound device's `priv` holds the reference taken in `probe`.
-    let dev = unsafe { Arc::<NnDevice>::from_raw((*vdev).priv_.cast()) };
-    if let Ok(globals) = crate::globals() {
-        let mut current = globals.device.lock();
-        if current.as_ref().is_some_and(|d| Arc::ptr_eq(d, &dev)) {
-            *current = None;
-        }
-    }
-    // SAFETY: `vdev` is the device `dev` was probed with, still bound.
-    unsafe { dev.teardown(vdev) };
-    // SAFETY: No callback runs after `teardown`; the reference was taken
-    // over above.
-    unsafe { (*vdev).priv_ = ptr::null_mut() };
-    pr_info!("virtio{}: removed\n", dev.index);
-}
-
-/// `virtio_driver.config_changed`: may run in interrupt context, so it only
-/// marks the cached config stale; the next prediction reads it again.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_config_changed(vdev: *mut bindings::virtio_device) {
-    // SAFETY: The device is bound, so `priv` holds a reference.
-    let p = unsafe { (*vdev).priv_ } as *const NnDevice;
-    if !p.is_null() {
-        // SAFETY: `p` is the live device of the `priv` reference.
-        unsafe { &*p }.config_stale.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The virtqueue callback (interrupt context).
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_vq_done(vq: *mut bindings::virtqueue) {
-    // SAFETY: The callback only runs for live queues of a bound device.
-    let p = unsafe { (*(*vq).vdev).priv_ } as *const c_void;
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: `priv` holds a reference until `remove` (or a failed probe)
-    // drops it, and that happens only after the queue is gone.
-    let dev = unsafe { ArcBorrow::<NnDevice>::from_raw(p.cast()) };
-    dev.vq_done(vq);
-}
-
-/// The event queue callback (interrupt context).
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_event_done(vq: *mut bindings::virtqueue) {
-    // SAFETY: The callback only runs for live queues of a bound device.
-    let p = unsafe { (*(*vq).vdev).priv_ } as *const c_void;
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: As in `virtio_nn_vq_done`.
-    let dev = unsafe { ArcBorrow::<NnDevice>::from_raw(p.cast()) };
-    if dev.events.done(vq) {
-        dev.config_stale.store(true, Ordering::Relaxed);
-    }
 }

@@ -18,9 +18,18 @@ extern "C" {
     /// The `proc_ops` of `/proc/neural_network/{predict,predict_q16}`.
     pub(crate) static virtio_nn_proc_ops: bindings::proc_ops;
 
-    /// The prediction timeout (module parameter `timeout_ms`) in jiffies,
-    /// `MAX_SCHEDULE_TIMEOUT` for no limit.
-    pub(crate) fn virtio_nn_timeout_jiffies() -> c_long;
+    /// The prediction timeout (module parameter `timeout_ms`), 0 for no
+    /// limit.
+    pub(crate) fn virtio_nn_timeout_ms() -> c_uint;
+
+    /// `jiffies + msecs_to_jiffies(ms)`.
+    pub(crate) fn virtio_nn_jiffies_after_ms(ms: c_uint) -> c_ulong;
+
+    /// Jiffies left until `end`, 0 once it has passed.
+    pub(crate) fn virtio_nn_jiffies_until(end: c_ulong) -> c_long;
+
+    /// `raw_smp_processor_id()`.
+    pub(crate) fn virtio_nn_cpu() -> c_uint;
 
     /// `register_virtio_driver()` of the static driver.
     pub(crate) fn virtio_nn_register_driver() -> c_int;
@@ -58,15 +67,44 @@ extern "C" {
     /// `spin_unlock_irqrestore()`.
     pub(crate) fn virtio_nn_spin_unlock_irqrestore(lock: *mut bindings::spinlock_t, flags: c_ulong);
 
+    /// `rcu_read_lock()`.
+    pub(crate) fn virtio_nn_rcu_read_lock();
+
+    /// `rcu_read_unlock()`.
+    pub(crate) fn virtio_nn_rcu_read_unlock();
+
     /// `pid_nr(task_session(current))`.
     pub(crate) fn virtio_nn_current_session() -> c_int;
 
     /// `pde_data()`: the data pointer of a proc entry.
     pub(crate) fn virtio_nn_pde_data(inode: *const bindings::inode) -> *mut c_void;
 
-    /// `sysfs_create_file()` of the static `model_info` attribute.
+    /// Initialises the health check's delayed work and schedules its first
+    /// run after `health_interval_ms` (unless 0).
+    pub(crate) fn virtio_nn_health_start();
+
+    /// The module parameter `cache_ms`.
+    pub(crate) fn virtio_nn_cache_ms() -> c_uint;
+
+    /// Allocates and registers the result cache's shrinker.
+    pub(crate) fn virtio_nn_shrinker_register() -> c_int;
+
+    /// `shrinker_free()` of the result cache's shrinker.
+    pub(crate) fn virtio_nn_shrinker_unregister();
+
+    /// `misc_register()` of `/dev/neural_network`.
+    pub(crate) fn virtio_nn_misc_register() -> c_int;
+
+    /// `misc_deregister()` of `/dev/neural_network`.
+    pub(crate) fn virtio_nn_misc_deregister();
+
+    /// `cancel_delayed_work_sync()` of the health check.
+    pub(crate) fn virtio_nn_health_stop();
+
+    /// `sysfs_create_group()` of the static attributes (`model_info`,
+    /// `performance`, `health`).
     pub(crate) fn virtio_nn_sysfs_create_file(kobj: *mut bindings::kobject) -> c_int;
 
-    /// `sysfs_remove_file()` of the static `model_info` attribute.
+    /// `sysfs_remove_group()` of the static attributes.
     pub(crate) fn virtio_nn_sysfs_remove_file(kobj: *mut bindings::kobject);
 }

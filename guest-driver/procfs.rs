@@ -15,6 +15,7 @@
 
 use crate::glue;
 use crate::parse::{self, Format};
+use crate::request::Deadline;
 use crate::session::Answer;
 use core::ffi::c_void;
 use core::ptr;
@@ -132,9 +133,8 @@ fn write(
     let mut inputs = KVec::from_elem(0i32, n, GFP_KERNEL)?;
     parse::parse_values(&text, of.format, &mut inputs).map_err(|_| EINVAL)?;
 
+    let outputs = crate::predict::run(&inputs, 1, None, &Deadline::module_default())?;
     let globals = crate::globals()?;
-    let device = globals.device.lock().clone().ok_or(ENODEV)?;
-    let outputs = device.predict(&inputs)?;
 
     let mut out = KVec::from_elem(
         0u8,
@@ -153,9 +153,6 @@ fn write(
         answers.own = Some(answer);
         answers.session = None;
     }
-    globals
-        .predictions
-        .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: `pos` is valid (VFS).
     unsafe { *pos = 0 };
     Ok(count as isize)

@@ -17,11 +17,62 @@ use crate::protocol::{RequestHeader, ResponseHeader, OP_PREDICT};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use kernel::bindings;
+use kernel::ffi::{c_long, c_ulong};
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::types::Opaque;
 
-/// A prediction request for one sample.
+/// `ETIMEDOUT`, which `kernel::error::code` of Linux 6.12 lacks.
+pub(crate) fn etimedout() -> Error {
+    Error::from_errno(-(bindings::ETIMEDOUT as i32))
+}
+
+/// When a wait for the device ends.
+#[derive(Clone, Copy)]
+pub(crate) struct Deadline {
+    /// The jiffies value at which it ends; `None`: never.
+    end: Option<c_ulong>,
+}
+
+impl Deadline {
+    /// `ms` milliseconds from now; 0 means no limit.
+    pub(crate) fn after_ms(ms: u32) -> Self {
+        if ms == 0 {
+            return Self { end: None };
+        }
+        // SAFETY: No preconditions.
+        Self {
+            end: Some(unsafe { glue::virtio_nn_jiffies_after_ms(ms) }),
+        }
+    }
+
+    /// `ms` milliseconds from now; 0 means the module's `timeout_ms`.
+    pub(crate) fn after_ms_or_default(ms: u32) -> Self {
+        if ms == 0 {
+            Self::module_default()
+        } else {
+            Self::after_ms(ms)
+        }
+    }
+
+    /// The module's `timeout_ms` from now.
+    pub(crate) fn module_default() -> Self {
+        // SAFETY: No preconditions.
+        Self::after_ms(unsafe { glue::virtio_nn_timeout_ms() })
+    }
+
+    /// Jiffies left (0 once it has passed), `c_long::MAX`
+    /// (`MAX_SCHEDULE_TIMEOUT`) without a limit.
+    pub(crate) fn left(&self) -> c_long {
+        match self.end {
+            None => c_long::MAX,
+            // SAFETY: No preconditions.
+            Some(end) => unsafe { glue::virtio_nn_jiffies_until(end) },
+        }
+    }
+}
+
+/// A prediction request for one sample or a batch.
 #[pin_data]
 pub(crate) struct Request {
     /// Completed once the device has handed the request back (or will
@@ -43,19 +94,28 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// Creates a request with the given id and inputs whose answer has room
-    /// for `out_dim` outputs.
-    pub(crate) fn new(id: u64, inputs: &[i32], out_dim: usize) -> Result<Arc<Self>> {
-        let in_dim = u32::try_from(inputs.len()).map_err(|_| EINVAL)?;
+    /// Creates a request with the given id and `num_samples` rows of
+    /// inputs whose answer has room for `num_samples` rows of `out_dim`
+    /// outputs.
+    pub(crate) fn new(
+        id: u64,
+        inputs: &[i32],
+        num_samples: usize,
+        out_dim: usize,
+    ) -> Result<Arc<Self>> {
+        if num_samples == 0 {
+            return Err(EINVAL);
+        }
+        let in_dim = u32::try_from(inputs.len() / num_samples).map_err(|_| EINVAL)?;
         let header = RequestHeader {
             opcode: OP_PREDICT,
             flags: 0,
             id,
-            num_samples: 1,
+            num_samples: u32::try_from(num_samples).map_err(|_| EINVAL)?,
             in_dim,
         };
         let readable_len = RequestHeader::SIZE + inputs.len() * 4;
-        let writable_len = ResponseHeader::SIZE + out_dim * 4;
+        let writable_len = ResponseHeader::SIZE + num_samples * out_dim * 4;
         let mut buf = KVec::with_capacity(readable_len + writable_len, GFP_KERNEL)?;
         buf.extend_from_slice(&header.to_bytes(), GFP_KERNEL)?;
         for v in inputs {
@@ -124,18 +184,18 @@ impl Request {
         unsafe { bindings::complete(req.done.get()) };
     }
 
-    /// Waits until the request completes, for the module's `timeout_ms` at
-    /// most; fatal signals interrupt the wait. On error, the caller must drop
-    /// its reference without touching the buffers.
-    pub(crate) fn wait(&self) -> Result<Completed<'_>> {
-        // SAFETY: No preconditions.
-        let timeout = unsafe { glue::virtio_nn_timeout_jiffies() };
-        // SAFETY: `done` was initialised in `new`; `timeout` is positive.
+    /// Waits until the request completes, until `deadline` at most; fatal
+    /// signals interrupt the wait. On error, the caller must drop its
+    /// reference without touching the buffers.
+    pub(crate) fn wait(&self, deadline: &Deadline) -> Result<Completed<'_>> {
+        let timeout = deadline.left();
+        // SAFETY: `done` was initialised in `new`; `timeout` is not negative
+        // (0 only checks whether the request is done).
         let left = unsafe {
             bindings::wait_for_completion_killable_timeout(self.done.get(), timeout as _)
         };
         if left == 0 {
-            return Err(Error::from_errno(-(bindings::ETIMEDOUT as i32)));
+            return Err(etimedout());
         }
         if left < 0 {
             return Err(EINTR);

@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! `/sys/kernel/neural_network/model_info`.
+//! `/sys/kernel/neural_network/`: `model_info`, `performance` (see
+//! [`crate::stats`]) and `health` (see [`crate::health`]).
 //!
 //! ```text
 //! Model: 16x32x4
 //! Status: active
 //! Generation: 1
 //! Predictions: 42
+//! Input: 16
+//! Output: 4
+//! Layers: 2
+//! Max batch: 64
+//! Queues: 2
+//! Queue requests: 12,9
 //! ```
 //!
 //! The values come from the config space as last read by the driver (at
@@ -16,6 +23,7 @@
 //! `no device`; `Predictions` counts the successful predictions since the
 //! module was loaded.
 
+use crate::device::NnDevice;
 use crate::glue;
 use crate::protocol::{self, DeviceConfig};
 use core::fmt::{self, Write};
@@ -23,6 +31,7 @@ use core::sync::atomic::Ordering;
 use kernel::bindings;
 use kernel::ffi::c_char;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 use kernel::{c_str, error::from_result};
 
 /// Shows the layer widths of a model, e.g. `16x32x4`.
@@ -56,7 +65,7 @@ unsafe impl Send for SysfsDir {}
 unsafe impl Sync for SysfsDir {}
 
 impl SysfsDir {
-    /// Creates `/sys/kernel/neural_network/model_info`.
+    /// Creates `/sys/kernel/neural_network/{model_info,performance,health}`.
     pub(crate) fn new() -> Result<Self> {
         // SAFETY: The name is a static C string; `kernel_kobj` is set up at
         // boot.
@@ -109,9 +118,12 @@ impl Write for SliceWriter<'_> {
     }
 }
 
-fn model_info(out: &mut [u8]) -> Result<isize> {
+/// The device status as `model_info` shows it, the cached config (default
+/// without a device) and the device.
+fn device_state() -> Result<(&'static str, DeviceConfig, Option<Arc<NnDevice>>)> {
     let globals = crate::globals()?;
-    let device = globals.device.lock().clone();
+    let device = globals.current_device();
+    let dev = device.clone();
     let cfg = device.map(|d| d.model_info().cfg);
     let status = match cfg.map(|c| c.status) {
         None => "no device",
@@ -119,18 +131,68 @@ fn model_info(out: &mut [u8]) -> Result<isize> {
         Some(protocol::DEVICE_STATUS_NO_MODEL) => "no model",
         Some(_) => "error",
     };
-    let cfg = cfg.unwrap_or_default();
+    Ok((status, cfg.unwrap_or_default(), dev))
+}
+
+fn model_info(out: &mut [u8]) -> Result<isize> {
+    let globals = crate::globals()?;
+    let (status, cfg, dev) = device_state()?;
+    let queues = dev.as_ref().map_or(0, |d| d.num_queues());
+    let has_model = status == "active";
     let mut w = SliceWriter { buf: out, len: 0 };
     write!(
         w,
-        "Model: {}\nStatus: {}\nGeneration: {}\nPredictions: {}\n",
+        "Model: {}\nStatus: {}\nGeneration: {}\nPredictions: {}\nInput: {}\nOutput: {}\n\
+         Layers: {}\nMax batch: {}\nQueues: {}\n",
         ModelName(&cfg),
         status,
         cfg.generation,
-        globals.predictions.load(Ordering::Relaxed)
+        globals.predictions.load(Ordering::Relaxed),
+        if has_model { cfg.input_dim() } else { 0 },
+        if has_model { cfg.output_dim() } else { 0 },
+        if has_model { cfg.num_layers } else { 0 },
+        cfg.max_batch,
+        queues,
     )
     .map_err(|_| EINVAL)?;
+    w.write_str("Queue requests: ").map_err(|_| EINVAL)?;
+    if let Some(d) = &dev {
+        d.write_queue_counts(&mut w).map_err(|_| EINVAL)?;
+    }
+    w.write_char('\n').map_err(|_| EINVAL)?;
     Ok(w.len as isize)
+}
+
+/// `show` of `performance`; `buf` is a page.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_performance_show(buf: *mut c_char) -> isize {
+    // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
+    let out =
+        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), bindings::PAGE_SIZE as usize) };
+    from_result(|| {
+        let mut w = SliceWriter { buf: out, len: 0 };
+        let entries = crate::globals()?.cache.len();
+        crate::stats::STATS
+            .show(&mut w, entries)
+            .map_err(|_| EINVAL)?;
+        Ok(w.len as isize)
+    })
+}
+
+/// `show` of `health`; `buf` is a page.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_health_show(buf: *mut c_char) -> isize {
+    // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
+    let out =
+        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), bindings::PAGE_SIZE as usize) };
+    from_result(|| {
+        let (status, _, _) = device_state()?;
+        let mut w = SliceWriter { buf: out, len: 0 };
+        crate::health::HEALTH
+            .show(&mut w, status)
+            .map_err(|_| EINVAL)?;
+        Ok(w.len as isize)
+    })
 }
 
 /// `show` of `model_info`; `buf` is a page.

@@ -4,8 +4,11 @@
  *
  * Everything here is what Rust cannot express in a Linux 6.12 out-of-tree
  * module: static tables that the kernel keeps pointers to (the virtio id
- * table and driver, the proc_ops, the sysfs attribute, the module
- * parameter) and wrappers around static inline functions and macros. All
+ * table and driver, the proc_ops, the sysfs attribute group, the misc
+ * device, the shrinker, the health check's delayed work, the module
+ * parameters), the EXPORT_SYMBOL_GPLs of the kernel API (include/
+ * neural_api.h, implemented in api.rs) and wrappers around static inline
+ * functions and macros. All
  * logic lives in the Rust crate (virtio_nn_main.rs and its submodules); the
  * callbacks named here are defined there with #[no_mangle].
  *
@@ -17,19 +20,25 @@
 #include <linux/err.h>
 #include <linux/jiffies.h>
 #include <linux/kobject.h>
+#include <linux/miscdevice.h>
 #include <linux/mod_devicetable.h>
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/pid.h>
 #include <linux/proc_fs.h>
+#include <linux/rcupdate.h>
 #include <linux/sched.h>
+#include <linux/shrinker.h>
 #include <linux/sched/signal.h>
+#include <linux/smp.h>
 #include <linux/spinlock.h>
 #include <linux/sysfs.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/workqueue.h>
 
 #include "virtio_nn_glue.h"
+#include "neural_api.h"
 
 /* Must equal protocol::VIRTIO_ID_NN (nn-core/src/protocol.rs). */
 #define VIRTIO_ID_NN 38
@@ -41,15 +50,50 @@ module_param(timeout_ms, uint, 0644);
 MODULE_PARM_DESC(timeout_ms,
 		 "How long a prediction waits for the device, in ms (0: no limit)");
 
-/* The prediction timeout in jiffies; MAX_SCHEDULE_TIMEOUT for no limit. */
-long virtio_nn_timeout_jiffies(void)
+/* The prediction timeout in ms; 0 for no limit. */
+unsigned int virtio_nn_timeout_ms(void)
 {
-	unsigned int ms = READ_ONCE(timeout_ms);
-
-	if (!ms)
-		return MAX_SCHEDULE_TIMEOUT;
-	return min_t(unsigned long, msecs_to_jiffies(ms), MAX_SCHEDULE_TIMEOUT);
+	return READ_ONCE(timeout_ms);
 }
+
+static unsigned int cache_ms = 1000;
+module_param(cache_ms, uint, 0644);
+MODULE_PARM_DESC(cache_ms,
+		 "How long a single-sample answer is cached, in ms (0: no cache)");
+
+unsigned int virtio_nn_cache_ms(void)
+{
+	return READ_ONCE(cache_ms);
+}
+
+/* --- time and CPU helpers ---------------------------------------------- */
+
+/* The jiffies value @ms milliseconds from now. */
+unsigned long virtio_nn_jiffies_after_ms(unsigned int ms)
+{
+	return jiffies + msecs_to_jiffies(ms);
+}
+
+/* Jiffies left until @end; 0 once it has passed. */
+long virtio_nn_jiffies_until(unsigned long end)
+{
+	long left = (long)(end - jiffies);
+
+	return left > 0 ? left : 0;
+}
+
+/* The CPU the caller runs on (may change right after: only a hint). */
+unsigned int virtio_nn_cpu(void)
+{
+	return raw_smp_processor_id();
+}
+
+/* --- the kernel API (include/neural_api.h; implemented in api.rs) ----- */
+
+EXPORT_SYMBOL_GPL(neural_api_predict);
+EXPORT_SYMBOL_GPL(neural_api_predict_batch);
+EXPORT_SYMBOL_GPL(neural_predict_production);
+EXPORT_SYMBOL_GPL(neural_api_get_info);
 
 /* --- virtio driver ----------------------------------------------------- */
 
@@ -132,6 +176,16 @@ void virtio_nn_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
+void virtio_nn_rcu_read_lock(void)
+{
+	rcu_read_lock();
+}
+
+void virtio_nn_rcu_read_unlock(void)
+{
+	rcu_read_unlock();
+}
+
 /* Global number of the session of the calling task. */
 int virtio_nn_current_session(void)
 {
@@ -153,7 +207,7 @@ const struct proc_ops virtio_nn_proc_ops = {
 	.proc_release = virtio_nn_proc_release,
 };
 
-/* --- /sys/kernel/neural_network/model_info ----------------------------- */
+/* --- /sys/kernel/neural_network/{model_info,performance,health} ------- */
 
 static ssize_t model_info_show(struct kobject *kobj,
 			       struct kobj_attribute *attr, char *buf)
@@ -161,15 +215,146 @@ static ssize_t model_info_show(struct kobject *kobj,
 	return virtio_nn_model_info_show(buf);
 }
 
-static struct kobj_attribute virtio_nn_model_info_attr = __ATTR_RO(model_info);
+static ssize_t performance_show(struct kobject *kobj,
+				struct kobj_attribute *attr, char *buf)
+{
+	return virtio_nn_performance_show(buf);
+}
 
-/* Adds model_info to @kobj (sysfs_create_file is inline). */
+static ssize_t health_show(struct kobject *kobj, struct kobj_attribute *attr,
+			   char *buf)
+{
+	return virtio_nn_health_show(buf);
+}
+
+/* Any write runs one health check at once. */
+static ssize_t health_store(struct kobject *kobj, struct kobj_attribute *attr,
+			    const char *buf, size_t count)
+{
+	virtio_nn_health_run();
+	return count;
+}
+
+static struct kobj_attribute virtio_nn_model_info_attr = __ATTR_RO(model_info);
+static struct kobj_attribute virtio_nn_performance_attr = __ATTR_RO(performance);
+static struct kobj_attribute virtio_nn_health_attr =
+	__ATTR(health, 0644, health_show, health_store);
+
+static struct attribute *virtio_nn_attrs[] = {
+	&virtio_nn_model_info_attr.attr,
+	&virtio_nn_performance_attr.attr,
+	&virtio_nn_health_attr.attr,
+	NULL,
+};
+
+static const struct attribute_group virtio_nn_attr_group = {
+	.attrs = virtio_nn_attrs,
+};
+
+/* Adds the attributes to @kobj. */
 int virtio_nn_sysfs_create_file(struct kobject *kobj)
 {
-	return sysfs_create_file(kobj, &virtio_nn_model_info_attr.attr);
+	return sysfs_create_group(kobj, &virtio_nn_attr_group);
 }
 
 void virtio_nn_sysfs_remove_file(struct kobject *kobj)
 {
-	sysfs_remove_file(kobj, &virtio_nn_model_info_attr.attr);
+	sysfs_remove_group(kobj, &virtio_nn_attr_group);
+}
+
+/* --- periodic health check --------------------------------------------- */
+
+static unsigned int health_interval_ms = 60000;
+module_param(health_interval_ms, uint, 0644);
+MODULE_PARM_DESC(health_interval_ms,
+		 "Period of the health check, in ms (0: none from the next run on)");
+
+static struct delayed_work virtio_nn_health_work;
+
+static void virtio_nn_health_fn(struct work_struct *work)
+{
+	unsigned int ms;
+
+	virtio_nn_health_run();
+	ms = READ_ONCE(health_interval_ms);
+	if (ms)
+		schedule_delayed_work(&virtio_nn_health_work,
+				      msecs_to_jiffies(ms));
+}
+
+void virtio_nn_health_start(void)
+{
+	unsigned int ms = READ_ONCE(health_interval_ms);
+
+	INIT_DELAYED_WORK(&virtio_nn_health_work, virtio_nn_health_fn);
+	if (ms)
+		schedule_delayed_work(&virtio_nn_health_work,
+				      msecs_to_jiffies(ms));
+}
+
+/* Cancels the check and waits for a running one (it cannot re-arm). */
+void virtio_nn_health_stop(void)
+{
+	cancel_delayed_work_sync(&virtio_nn_health_work);
+}
+
+/* --- /dev/neural_network (devfile.rs) ---------------------------------- */
+
+static const struct file_operations virtio_nn_dev_fops = {
+	.owner = THIS_MODULE,
+	.open = virtio_nn_dev_open,
+	.release = virtio_nn_dev_release,
+	.read = virtio_nn_dev_read,
+	.write = virtio_nn_dev_write,
+	.llseek = default_llseek,
+};
+
+static struct miscdevice virtio_nn_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "neural_network",
+	.fops = &virtio_nn_dev_fops,
+	.mode = 0666,
+};
+
+int virtio_nn_misc_register(void)
+{
+	return misc_register(&virtio_nn_misc);
+}
+
+void virtio_nn_misc_deregister(void)
+{
+	misc_deregister(&virtio_nn_misc);
+}
+
+/* --- the result cache's shrinker (cache.rs) ---------------------------- */
+
+static struct shrinker *virtio_nn_shrinker;
+
+static unsigned long virtio_nn_shrink_count(struct shrinker *s,
+					    struct shrink_control *sc)
+{
+	return virtio_nn_cache_count();
+}
+
+static unsigned long virtio_nn_shrink_scan(struct shrinker *s,
+					   struct shrink_control *sc)
+{
+	return virtio_nn_cache_scan(sc->nr_to_scan);
+}
+
+int virtio_nn_shrinker_register(void)
+{
+	virtio_nn_shrinker = shrinker_alloc(0, "virtio_nn-cache");
+	if (!virtio_nn_shrinker)
+		return -ENOMEM;
+	virtio_nn_shrinker->count_objects = virtio_nn_shrink_count;
+	virtio_nn_shrinker->scan_objects = virtio_nn_shrink_scan;
+	virtio_nn_shrinker->seeks = DEFAULT_SEEKS;
+	shrinker_register(virtio_nn_shrinker);
+	return 0;
+}
+
+void virtio_nn_shrinker_unregister(void)
+{
+	shrinker_free(virtio_nn_shrinker);
 }

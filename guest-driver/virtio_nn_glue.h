@@ -34,11 +34,26 @@ ssize_t virtio_nn_proc_write(struct file *file, const char __user *buf,
 			     size_t count, loff_t *pos);
 int virtio_nn_proc_release(struct inode *inode, struct file *file);
 
+int virtio_nn_dev_open(struct inode *inode, struct file *file);
+int virtio_nn_dev_release(struct inode *inode, struct file *file);
+ssize_t virtio_nn_dev_read(struct file *file, char __user *buf, size_t count,
+			   loff_t *pos);
+ssize_t virtio_nn_dev_write(struct file *file, const char __user *buf,
+			    size_t count, loff_t *pos);
+
 ssize_t virtio_nn_model_info_show(char *buf);
+unsigned long virtio_nn_cache_count(void);
+unsigned long virtio_nn_cache_scan(unsigned long nr);
+ssize_t virtio_nn_performance_show(char *buf);
+ssize_t virtio_nn_health_show(char *buf);
+void virtio_nn_health_run(void);
 
 /* --- Helpers called from Rust (declared again in glue.rs) -------------- */
 
-long virtio_nn_timeout_jiffies(void);
+unsigned int virtio_nn_timeout_ms(void);
+unsigned long virtio_nn_jiffies_after_ms(unsigned int ms);
+long virtio_nn_jiffies_until(unsigned long end);
+unsigned int virtio_nn_cpu(void);
 int virtio_nn_register_driver(void);
 void virtio_nn_unregister_driver(void);
 u32 virtio_nn_cread32(struct virtio_device *vdev, unsigned int offset);
@@ -52,9 +67,18 @@ void virtio_nn_init_completion(struct completion *x);
 unsigned long virtio_nn_spin_lock_irqsave(spinlock_t *lock);
 void virtio_nn_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 int virtio_nn_current_session(void);
+void virtio_nn_rcu_read_lock(void);
+void virtio_nn_rcu_read_unlock(void);
 void *virtio_nn_pde_data(const struct inode *inode);
 int virtio_nn_sysfs_create_file(struct kobject *kobj);
 void virtio_nn_sysfs_remove_file(struct kobject *kobj);
+void virtio_nn_health_start(void);
+unsigned int virtio_nn_cache_ms(void);
+int virtio_nn_shrinker_register(void);
+void virtio_nn_shrinker_unregister(void);
+int virtio_nn_misc_register(void);
+void virtio_nn_misc_deregister(void);
+void virtio_nn_health_stop(void);
 extern const struct proc_ops virtio_nn_proc_ops;
 
 #endif /* VIRTIO_NN_GLUE_H */

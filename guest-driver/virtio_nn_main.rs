@@ -13,7 +13,15 @@
 //! * `/proc/neural_network/predict_q16` (0666): the same with raw Q16.16
 //!   values (any `i32`) both ways: the exact answer.
 //! * `/sys/kernel/neural_network/model_info`: model dims, device status,
-//!   model generation and prediction count.
+//!   model generation, prediction count, request queues;
+//!   `performance` (counters, latency percentiles, see [`stats`]) and
+//!   `health` (the periodic health check, see [`health`]).
+//! * `/dev/neural_network`: binary requests and batches (see [`devfile`]).
+//! * A kernel API for other modules, `include/neural_api.h` (see [`api`]).
+//!
+//! Module parameters: `timeout_ms` (default 5000), `cache_ms` (result
+//! cache expiry, default 1000, see [`cache`]), `health_interval_ms`
+//! (default 60000).
 //!
 //! Whose answer a read returns: each open file keeps the answer of its own
 //! last successful write. A read on an open file that made no prediction
@@ -29,16 +37,19 @@
 //! `EINTR` on a fatal signal; `EIO` for a failing device or an invalid
 //! answer.
 //!
-//! Files: `device.rs` (probe/remove and the request queue), `events.rs`
-//! (the event queue: model change notifications), `request.rs`
-//! (the request object), `procfs.rs`, `session.rs`, `sysfs.rs`, `parse.rs`
-//! (text format), `irq_lock.rs`, `glue.rs` (declarations of the C glue in
-//! `virtio_nn_glue.c`).
+//! Files: `device.rs` (the request queues, one per CPU, and predictions),
+//! `device/probe.rs` (probe/remove, virtio callbacks), `events.rs` (the
+//! event queue: model change notifications), `request.rs` (the request
+//! object), `predict.rs` (the path every prediction takes), `config_snap.rs`,
+//! `api.rs`, `devfile.rs`, `stats.rs`, `health.rs`, `cache.rs`, `procfs.rs`,
+//! `session.rs`, `sysfs.rs`, `parse.rs` (text format), `irq_lock.rs`,
+//! `glue.rs` (declarations of the C glue in `virtio_nn_glue.c`).
 
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use kernel::bindings;
 use kernel::prelude::*;
-use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 
 // The wire protocol, shared with the host side; its items are `pub` for the
 // other crates that use it.
@@ -46,14 +57,21 @@ use kernel::sync::{new_mutex, Arc, Mutex};
 #[path = "../nn-core/src/protocol.rs"]
 mod protocol;
 
+mod api;
+mod cache;
+mod config_snap;
+mod devfile;
 mod device;
 mod events;
 mod glue;
+mod health;
 mod irq_lock;
 mod parse;
+mod predict;
 mod procfs;
 mod request;
 mod session;
+mod stats;
 mod sysfs;
 
 use device::NnDevice;
@@ -70,14 +88,77 @@ module! {
 /// State shared by the proc files, the sysfs file and the driver.
 #[pin_data]
 pub(crate) struct Globals {
-    /// The bound device, if any.
+    /// The bound device, if any: the reference that keeps it; taken by
+    /// probe and remove only. Predictions find the device through
+    /// [`Globals::current`] without taking a lock.
     #[pin]
-    pub(crate) device: Mutex<Option<Arc<NnDevice>>>,
+    device: Mutex<Option<Arc<NnDevice>>>,
+    /// The device of `device` (or null), read under RCU: remove clears it,
+    /// waits for an RCU grace period, then drops the reference.
+    current: AtomicPtr<NnDevice>,
     /// The last answer per session, for `predict` and for `predict_q16`.
     #[pin]
     pub(crate) sessions: Mutex<[SessionTable; 2]>,
     /// Successful predictions since the module was loaded.
     pub(crate) predictions: AtomicU64,
+    /// The result cache.
+    #[pin]
+    pub(crate) cache: cache::Cache,
+}
+
+impl Globals {
+    /// The bound device, if any (lock-free: RCU).
+    pub(crate) fn current_device(&self) -> Option<Arc<NnDevice>> {
+        // SAFETY: No preconditions.
+        unsafe { glue::virtio_nn_rcu_read_lock() };
+        let p = self.current.load(Ordering::Acquire);
+        let dev = if p.is_null() {
+            None
+        } else {
+            // SAFETY: A non-null `current` comes from the `Arc` in `device`,
+            // which is dropped only after `current` is cleared and an RCU
+            // grace period has passed, so its count is not zero inside this
+            // read-side section.
+            Some(unsafe { ArcBorrow::from_raw(p) }.into())
+        };
+        // SAFETY: Locked above.
+        unsafe { glue::virtio_nn_rcu_read_unlock() };
+        dev
+    }
+
+    /// Whether a device is bound.
+    pub(crate) fn has_device(&self) -> bool {
+        self.device.lock().is_some()
+    }
+
+    /// Makes `dev` the bound device unless there is one; returns whether it
+    /// did.
+    pub(crate) fn publish(&self, dev: &Arc<NnDevice>) -> bool {
+        let mut current = self.device.lock();
+        if current.is_some() {
+            return false;
+        }
+        *current = Some(dev.clone());
+        self.current
+            .store(ptr::from_ref::<NnDevice>(dev).cast_mut(), Ordering::Release);
+        true
+    }
+
+    /// Unbinds `dev` if it is the bound device; waits until no
+    /// [`Globals::current_device`] call can still see it.
+    pub(crate) fn unpublish(&self, dev: &Arc<NnDevice>) {
+        let old = {
+            let mut current = self.device.lock();
+            if !current.as_ref().is_some_and(|d| Arc::ptr_eq(d, dev)) {
+                return;
+            }
+            self.current.store(ptr::null_mut(), Ordering::Release);
+            current.take()
+        };
+        // SAFETY: No preconditions; may sleep (process context: remove).
+        unsafe { bindings::synchronize_rcu() };
+        drop(old);
+    }
 }
 
 /// The [`Globals`] of the loaded module: set before any entry point is
@@ -103,11 +184,14 @@ struct GlobalsHolder {
 
 impl GlobalsHolder {
     fn new() -> Result<Self> {
+        let cache_init = cache::Cache::new()?;
         let globals = Arc::pin_init(
             pin_init!(Globals {
                 device <- new_mutex!(None, "virtio_nn_device"),
+                current: AtomicPtr::new(ptr::null_mut()),
                 sessions <- new_mutex!([SessionTable::new(), SessionTable::new()], "virtio_nn_sessions"),
                 predictions: AtomicU64::new(0),
+                cache <- cache_init,
             }),
             GFP_KERNEL,
         )?;
@@ -145,11 +229,15 @@ impl Drop for DriverRegistration {
     }
 }
 
-/// The module. Fields are dropped in order: the driver first (waking every
+/// The module. Fields are dropped in order: the health check first
+/// (cancelled, waiting for a running check), the driver (waking every
 /// waiter with `ENODEV`), then the sysfs and proc entries (which wait for
 /// their running callbacks), then the globals.
 struct VirtioNnModule {
+    _health: health::HealthWork,
     _driver: DriverRegistration,
+    _misc: devfile::MiscDevice,
+    _shrinker: cache::Shrinker,
     _sysfs: Option<sysfs::SysfsDir>,
     _proc: procfs::ProcEntries,
     _globals: GlobalsHolder,
@@ -166,9 +254,14 @@ impl kernel::Module for VirtioNnModule {
                 None
             }
         };
+        let shrinker = cache::Shrinker::new()?;
+        let misc = devfile::MiscDevice::new()?;
         let driver = DriverRegistration::new()?;
         Ok(Self {
+            _health: health::HealthWork::start(),
             _driver: driver,
+            _misc: misc,
+            _shrinker: shrinker,
             _sysfs: sysfs,
             _proc: proc,
             _globals: globals,

@@ -14,6 +14,12 @@ P=/proc/neural_network/predict
 Q=/proc/neural_network/predict_q16
 INFO=/sys/kernel/neural_network/model_info
 PARAM=/sys/module/virtio_nn/parameters/timeout_ms
+PERF=/sys/kernel/neural_network/performance
+HEALTH=/sys/kernel/neural_network/health
+CONS=/lib/modules/nn_consumer.ko
+BENCH=/lib/modules/nn_bench.ko
+DEV=/dev/neural_network
+CPARAM=/sys/module/virtio_nn/parameters/cache_ms
 . /etc/nn-expected
 
 fails=0
@@ -41,12 +47,48 @@ host() {
     read -r _ack
 }
 wr() { echo "$2" >"$1"; }
+# kv FILE KEY : the value of a "KEY: value" line
+kv() { sed -n "s/^$2: //p" "$1"; }
+# le32 N : N as 4 little-endian bytes
+le32() {
+    n=$1
+    [ "$n" -lt 0 ] && n=$((n + 4294967296))
+    printf "\\$(printf %03o $((n & 255)))\\$(printf %03o $(((n >> 8) & 255)))\\$(printf %03o $(((n >> 16) & 255)))\\$(printf %03o $(((n >> 24) & 255)))"
+}
+# mkreq MAGIC NUM_SAMPLES IN_DIM TIMEOUT_MS VALUE... : a /dev/neural_network request
+mkreq() {
+    printf "$1"
+    le32 "$2"
+    le32 "$3"
+    le32 "$4"
+    shift 4
+    for v in "$@"; do le32 "$v"; done
+}
+# devrun FILE : one write of FILE to /dev/neural_network, then one read of the
+# answer on the same open file, as decimal 32-bit words
+devrun() {
+    sh -c "exec 3<>$DEV; dd if=$1 bs=8M 2>&1 >&3 | grep -v records; dd bs=8M count=1 2>/dev/null <&3" |
+        od -An -t d4 -v | tr -s ' \n' '  ' | sed 's/^ //; s/ $//'
+}
+# devwrite FILE : one write of FILE to /dev/neural_network (errors on stderr)
+devwrite() { sh -c "exec 3<>$DEV; dd if=$1 bs=8M >&3"; }
+# cons ARGS... : insmod nn_consumer with ARGS, print its last_output, unload
+cons() {
+    insmod $CONS "$@" || return 1
+    cat /sys/module/nn_consumer/parameters/last_output
+    rmmod nn_consumer
+}
 
 echo "== interface"
+echo "    clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null) ($(dmesg | grep -m1 -o 'tsc: .*'))"
 echo "    device features: $(cat /sys/bus/virtio/devices/virtio*/features 2>/dev/null)"
 expect_eq "proc modes" "$(ls -l $P $Q | cut -c1-10 | tr '\n' ' ')" "-rw-rw-rw- -rw-rw-rw- "
 expect_eq "model_info" "$(head -n 2 $INFO | tr '\n' ' ')" "Model: $MODEL Status: active "
 expect_eq "timeout_ms default" "$(cat $PARAM)" "5000"
+expect_eq "cache_ms default" "$(cat $CPARAM)" "1000"
+# The result cache is off except where it is tested: the other checks want
+# the device's own answers, timeouts and errors.
+echo 0 >$CPARAM
 expect_err "read before any prediction: ENODATA" "No data available" cat $P
 
 echo "== one prediction end to end (the seed's usage)"
@@ -101,6 +143,141 @@ wait
 good=$(cat /tmp/conc.* | grep -cx -- "$Q1_OUT")
 expect_eq "16 concurrent predictions" "$good" "16"
 
+echo "== sysfs: model_info, performance, health"
+in_w=${MODEL%%x*}
+out_w=${MODEL##*x}
+expect_eq "model_info widths" "$(kv $INFO Input)x$(kv $INFO Output)" "${in_w}x${out_w}"
+expect_eq "model_info queues in use" "$(kv $INFO Queues)" "$QUEUES"
+ncpu=$(nproc)
+if [ "$QUEUES" -ge 2 ] && [ "$ncpu" -ge 2 ]; then
+    before=$(kv $INFO 'Queue requests')
+    taskset 1 sh -c "echo '$Q1_IN' >$Q"
+    taskset 2 sh -c "echo '$Q1_IN' >$Q"
+    after=$(kv $INFO 'Queue requests')
+    echo "    requests per queue: $before -> $after"
+    d0=$(($(echo "$after" | cut -d, -f1) - $(echo "$before" | cut -d, -f1)))
+    d1=$(($(echo "$after" | cut -d, -f2) - $(echo "$before" | cut -d, -f2)))
+    expect_eq "CPU 0 uses queue 0, CPU 1 queue 1" "$d0 $d1" "1 1"
+fi
+expect_eq "model_info predictions counted" "$(kv $INFO Predictions)" "$(kv $PERF samples)"
+cat $PERF | tr '\n' ' '; echo
+req=$(kv $PERF requests)
+p50=$(kv $PERF latency_p50_us)
+p99=$(kv $PERF latency_p99_us)
+expect_eq "performance: requests counted" "$([ "$req" -ge 20 ] && echo yes)" "yes"
+expect_eq "performance: errors counted" "$([ "$(kv $PERF errors)" -ge 1 ] && echo yes)" "yes"
+expect_eq "performance: 0 < p50 <= p99 <= 2*max" \
+    "$([ "$p50" -gt 0 ] && [ "$p99" -ge "$p50" ] && [ "$p99" -le $((2 * $(kv $PERF latency_max_us) + 2)) ] && echo yes)" "yes"
+expect_eq "health: unknown before the first check" "$(kv $HEALTH status)" "unknown"
+echo 1 >$HEALTH
+expect_eq "health: a check on demand" "$(kv $HEALTH status) $(kv $HEALTH checks) $(kv $HEALTH consecutive_errors)" "ok 1 0"
+echo 1000 >$CPARAM
+r0=$(kv $PERF requests)
+echo 1 >$HEALTH
+echo 1 >$HEALTH
+expect_eq "health checks bypass the result cache" "$(($(kv $PERF requests) - r0))" "2"
+echo 0 >$CPARAM
+expect_eq "health: default interval" "$(cat /sys/module/virtio_nn/parameters/health_interval_ms)" "60000"
+
+echo "== /dev/neural_network (binary interface)"
+expect_eq "device node mode" "$(ls -l $DEV | cut -c1-10)" "crw-rw-rw-"
+q1=$(echo "$Q1_IN" | tr ',' ' ')
+q1out=$(echo "$Q1_OUT" | tr ',' ' ')
+RS=1397902926 # "NNRS"
+mkreq NNRQ 1 $in_w 0 $q1 >/tmp/req1
+expect_eq "one sample" "$(devrun /tmp/req1)" "$RS 1 $out_w 1 $q1out"
+mkreq NNRQ 3 $in_w 2000 $q1 $q1 $q1 >/tmp/req3
+expect_eq "a batch of 3 samples" "$(devrun /tmp/req3)" "$RS 3 $out_w 1 $q1out $q1out $q1out"
+expect_eq "partial reads" "$(sh -c "exec 3<>$DEV; dd if=/tmp/req1 bs=1M 2>/dev/null >&3; dd bs=5 2>/dev/null <&3" | od -An -t d4 -v | tr -s ' \n' '  ' | sed 's/^ //; s/ $//')" "$RS 1 $out_w 1 $q1out"
+expect_err "read before any write: ENODATA" "No data available" dd if=$DEV bs=64 count=1
+mkreq NNRQ 1 $in_w >/tmp/bad; head -c 8 /tmp/req1 >/tmp/bad
+expect_err "/dev: short write: EINVAL" "Invalid argument" devwrite /tmp/bad
+mkreq NNRX 1 $in_w 0 $q1 >/tmp/bad
+expect_err "/dev: bad magic: EINVAL" "Invalid argument" devwrite /tmp/bad
+mkreq NNRQ 0 $in_w 0 $q1 >/tmp/bad
+expect_err "/dev: zero samples: EINVAL" "Invalid argument" devwrite /tmp/bad
+mkreq NNRQ 1 $((in_w - 1)) 0 ${q1#* } >/tmp/bad
+expect_err "/dev: input width not the model's: EINVAL" "Invalid argument" devwrite /tmp/bad
+mkreq NNRQ 2 $in_w 0 $q1 >/tmp/bad
+expect_err "/dev: length does not match the header: EINVAL" "Invalid argument" devwrite /tmp/bad
+mkreq NNRQ 1 $in_w -5 $q1 >/tmp/bad
+expect_err "/dev: negative timeout: EINVAL" "Invalid argument" devwrite /tmp/bad
+maxb=$(kv $INFO 'Max batch')
+{ mkreq NNRQ $((maxb + 1)) $in_w 0; head -c $(((maxb + 1) * in_w * 4)) /dev/zero; } >/tmp/bad
+expect_err "/dev: batch above max_batch ($maxb): EINVAL" "Invalid argument" devwrite /tmp/bad
+{ mkreq NNRQ 65536 16 0; head -c $((65536 * 16 * 4)) /dev/zero; } >/tmp/bad
+expect_err "/dev: write over 4 MiB: E2BIG" "Argument list too long" devwrite /tmp/bad
+rm -f /tmp/bad
+out=$(sh -c "exec 3<>$DEV; rmmod virtio_nn" 2>&1)
+expect_eq "rmmod refused while /dev/neural_network is open" "$(echo "$out" | grep -c 'in use\|Resource\|busy')" "1"
+
+if [ -e $CONS ]; then
+    echo "== kernel API (nn_consumer.ko)"
+    expect_eq "neural_api_predict" "$(cons input=$IN1)" "$OUT1"
+    expect_eq "neural_predict_production" "$(cons mode=production input=$IN1)" "$OUT1"
+    expect_eq "neural_api_predict, Q16.16" "$(cons q16=1 input=$QX_IN)" "$QX_OUT"
+    expect_eq "neural_api_predict_batch (8 samples)" "$(cons mode=batch batch=8 input=$IN1)" \
+        "$OUT1;$OUT1;$OUT1;$OUT1;$OUT1;$OUT1;$OUT1;$OUT1"
+    info=$(cons mode=info)
+    expect_eq "neural_api_get_info" "${info%,*,*}" "$in_w,$out_w"
+    maxb=$(echo "$info" | cut -d, -f3)
+    expect_err "API: input size not the model's: EINVAL" "Invalid argument" insmod $CONS input=$IN1 in_size=$((in_w - 1))
+    expect_err "API: output size not the model's: EINVAL" "Invalid argument" insmod $CONS input=$IN1 out_size=$((out_w + 1))
+    expect_err "API: NULL request: EINVAL" "Invalid argument" insmod $CONS mode=null
+    expect_err "API: negative timeout: EINVAL" "Invalid argument" insmod $CONS input=$IN1 timeout_ms=-1
+    expect_err "API: batch above max_batch ($maxb): EINVAL" "Invalid argument" insmod $CONS mode=batch batch=$((maxb + 1))
+    expect_err "API: size mismatch in production: EINVAL" "Invalid argument" insmod $CONS mode=production in_size=3
+    echo "== kernel API: a timeout that fires (daemon stopped)"
+    host stop-daemon
+    expect_err "API: timeout_ms=300: ETIMEDOUT" "timed out" insmod $CONS input=$IN1 timeout_ms=300
+    mkreq NNRQ 1 $in_w 300 $q1 >/tmp/req300
+    expect_err "/dev: header timeout_ms=300: ETIMEDOUT" "timed out" devwrite /tmp/req300
+    host cont-daemon
+    ms=$(dmesg | grep 'nn_consumer: mode=api calls=1 rc=-110' | tail -n 1 | sed 's/.* after \([0-9]*\) ms/\1/')
+    expect_eq "API: the timeout bounded the wait (${ms} ms)" "$([ "${ms:-0}" -ge 250 ] && [ "$ms" -lt 1500 ] && echo yes)" "yes"
+    expect_eq "API works again after the late answer" "$(cons input=$IN1)" "$OUT1"
+    echo "== kernel API: rmmod virtio_nn while a user runs requests"
+    insmod $CONS input=$IN1 count=100 >/tmp/cons.out 2>&1 &
+    sleep 0.3
+    expect_err "rmmod virtio_nn refused while nn_consumer uses it" "in use\|busy\|Resource" rmmod virtio_nn
+    wait
+    expect_eq "the user's 100 requests succeeded" "$(cat /sys/module/nn_consumer/parameters/last_output)" "$OUT1"
+    rmmod nn_consumer
+fi
+if [ -e $BENCH ]; then
+    echo "== kernel benchmark (nn_bench.ko, short)"
+    # shellcheck disable=SC2086 # BENCH_ARGS holds several parameters
+    insmod $BENCH ${BENCH_ARGS:-iterations=30 batch=16 threads=$QUEUES}
+    expect_eq "nn_bench rc" "$?" "0"
+    rmmod nn_bench
+    dmesg | grep 'nn_bench:' | tail -n 2
+fi
+
+echo "== result cache"
+echo 1000 >$CPARAM
+h0=$(kv $PERF cache_hits)
+r0=$(kv $PERF requests)
+echo "$Q1_IN" >$Q
+echo "$Q1_IN" >$Q
+expect_eq "an identical prediction within cache_ms is a cache hit" "$(($(kv $PERF cache_hits) - h0)) $(($(kv $PERF requests) - r0))" "1 1"
+expect_eq "the cached answer" "$(cat $Q)" "$Q1_OUT"
+expect_eq "cache_entries" "$(kv $PERF cache_entries)" "1"
+echo "$QX_IN" >$Q
+echo 2 >/proc/sys/vm/drop_caches
+expect_eq "memory pressure (drop_caches): the shrinker empties the cache" "$(kv $PERF cache_entries)" "0"
+echo 100 >$CPARAM
+echo "$Q1_IN" >$Q
+sleep 0.3
+echo 500 >$PARAM
+host stop-daemon
+f0=$(kv $PERF cache_fallbacks)
+echo "$Q1_IN" >$Q
+expect_eq "timeout: the expired cached answer is the fallback" "$(cat $Q) $(($(kv $PERF cache_fallbacks) - f0))" "$Q1_OUT 1"
+expect_err "timeout without a cached answer: ETIMEDOUT" "Connection timed out" wr $Q "$QX_IN"
+host cont-daemon
+echo 5000 >$PARAM
+echo 0 >$CPARAM
+
 if [ -n "$VQ_SIZE" ]; then
     echo "== more requests than the queue holds (vq size $VQ_SIZE)"
     host stop-daemon
@@ -116,11 +293,15 @@ if [ -n "$VQ_SIZE" ]; then
     expect_eq "$n predictions through a full queue" "$(cat /tmp/full.* | grep -cx -- "$Q1_OUT")" "$n"
 fi
 
-echo "== model hot-swap (daemon admin socket)"
+echo "== model hot-swap (daemon admin socket), with the result cache on"
+echo 1000 >$CPARAM
+echo "$Q1_IN" >$Q
 host swap-b
 if [ -n "$EVENTS" ]; then
-    sleep 0.5
-    expect_eq "event queue: model_info sees the swap at once" "$(sed -n '1p;3p' $INFO | tr '\n' ' ')" "Model: $B_MODEL Generation: 2 "
+    n=0
+    while [ $n -lt 20 ] && [ "$(kv $INFO Generation)" != 2 ]; do sleep 0.1; n=$((n + 1)); done
+    echo "    model_info saw the swap after $n x 100 ms"
+    expect_eq "event queue: model_info sees the swap within 2 s" "$(sed -n '1p;3p' $INFO | tr '\n' ' ')" "Model: $B_MODEL Generation: 2 "
 fi
 echo "$Q1_IN" >$Q
 expect_eq "answer of the swapped-in model (wider output)" "$(cat $Q)" "$B_OUT"
@@ -133,6 +314,7 @@ host swap-a
 echo "$IN1" >$P
 expect_eq "back to the first model" "$(cat $P)" "$OUT1"
 
+echo 0 >$CPARAM
 echo "== timeout (the daemon is stopped), then a late answer"
 echo 1000 >$PARAM
 host stop-daemon
@@ -157,7 +339,7 @@ rmmod virtio_nn
 expect_eq "rmmod rc" "$?" "0"
 wait
 expect_eq "proc entries gone" "$(ls /proc/neural_network 2>&1 | grep -c 'No such file')" "1"
-insmod /lib/modules/virtio_nn.ko
+insmod /lib/modules/virtio_nn.ko cache_ms=0
 expect_eq "insmod again rc" "$?" "0"
 expect_eq "model_info after reload" "$(head -n 2 $INFO | tr '\n' ' ')" "Model: $MODEL Status: active "
 echo "$IN1" >$P
@@ -174,7 +356,7 @@ expect_eq "rmmod rc" "$?" "0"
 wait
 expect_eq "waiter got ENODEV" "$(cat /tmp/inflight)" "sh: write error: No such device"
 dmesg | grep "requests in flight"
-insmod /lib/modules/virtio_nn.ko
+insmod /lib/modules/virtio_nn.ko cache_ms=0 health_interval_ms=300
 expect_eq "insmod again rc" "$?" "0"
 echo "$IN1" >$P
 expect_eq "predict after reload" "$(cat $P)" "$OUT1"
@@ -183,18 +365,30 @@ echo "== unplug/replug with the module loaded"
 host unplug
 expect_eq "model_info without device" "$(sed -n 2p $INFO)" "Status: no device"
 expect_err "write without device: ENODEV" "No such device" wr $P "$IN1"
+expect_err "/dev without device: ENODEV" "No such device" devwrite /tmp/req1
+if [ -e $CONS ]; then
+    expect_err "API without device: ENODEV" "No such device" insmod $CONS input=$IN1
+fi
 expect_eq "session answer survives unplug" "$(cat $P)" "$OUT1"
+sleep 0.8
+expect_eq "periodic health check (300 ms): failing without a device" "$(kv $HEALTH status) $(kv $HEALTH device) $(kv $HEALTH last_result)" "failing no device -19"
+expect_eq "health: consecutive errors counted" "$([ "$(kv $HEALTH consecutive_errors)" -ge 2 ] && echo yes)" "yes"
 host replug
 n=0
 while [ $n -lt 100 ] && ! grep -q "Status: active" $INFO; do sleep 0.1; n=$((n + 1)); done
 echo "$Q1_IN" >$Q
 expect_eq "predict after replug" "$(cat $Q)" "$Q1_OUT"
 sed -n 4p $INFO
+n=0
+while [ $n -lt 30 ] && [ "$(kv $HEALTH status)" != ok ]; do sleep 0.1; n=$((n + 1)); done
+expect_eq "health: ok again after replug" "$(kv $HEALTH status) $(kv $HEALTH consecutive_errors)" "ok 0"
+cat $HEALTH | tr '\n' ' '; echo
+expect_eq "health: changes logged" "$(dmesg | grep 'health check:' | tail -n 2 | sed 's/.*health check: //' | tr '\n' ' ')" "failing (-19) ok "
 
 echo "== rmmod while a file is open"
 out=$(sh -c "exec 3<>$P; echo '$IN1' >&3; rmmod virtio_nn; echo rmmod=\$?; cat <&3; echo cat=\$?" 2>&1 | tr '\n' ' ')
 expect_eq "rmmod with an open file, then its read fails" "$out" "rmmod=0 cat: read error: Input/output error cat=1 "
-insmod /lib/modules/virtio_nn.ko
+insmod /lib/modules/virtio_nn.ko cache_ms=0
 expect_eq "insmod again rc" "$?" "0"
 
 echo "== idle rmmod and kernel log"

@@ -4,12 +4,15 @@
 guest-test.sh in it.
 
 Usage: tests/guest/run-guest-test.py [--keep] [--vq-size N] [--smp N] [--queues N]
+                                    [--bench "nn_bench.ko parameters"]
 
 --vq-size N sets the virtqueue size (e.g. 2, so that the concurrent requests
 fill the queue and exercise the wait for free descriptors); --keep keeps the
 work directory (daemon log, initramfs); --smp N gives the guest N vCPUs;
 --queues N is the number of request queues (daemon --queues, scripts/qemu.sh
---queues; QEMU's num_vqs is N + 1 with the event queue).
+--queues; QEMU's num_vqs is N + 1 with the event queue); --bench ARGS runs
+the kernel benchmark module with ARGS (e.g. "iterations=500 batch=64
+threads=2") instead of its short default run.
 Env: VIRTIO_NN_KERNEL (a bzImage, e.g. a debug build) and
 VIRTIO_NN_MODULE_DIR (where virtio_nn.ko built for that kernel is),
 VIRTIO_NN_APPEND (extra kernel command line, e.g. "loglevel=7").
@@ -130,12 +133,27 @@ def main():
         queues = int(sys.argv[sys.argv.index("--queues") + 1])
         qemu_extra += ["--queues", str(queues)]
     daemon_extra = ["--queues", str(queues)]
+    bench_args = ""
+    if "--bench" in sys.argv:
+        bench_args = sys.argv[sys.argv.index("--bench") + 1]
     if "--smp" in sys.argv:
         qemu_extra += ["--smp", sys.argv[sys.argv.index("--smp") + 1]]
     if os.environ.get("VIRTIO_NN_KERNEL"):
         qemu_extra += ["--kernel", os.environ["VIRTIO_NN_KERNEL"]]
-    if os.environ.get("VIRTIO_NN_APPEND"):
-        qemu_extra += ["--append", os.environ["VIRTIO_NN_APPEND"]]
+    # tsc=reliable: without ACPI (no HPET) the guest otherwise ends up on the
+    # jiffies clocksource (4 ms steps), which makes the latency figures of
+    # /sys/kernel/neural_network/performance and nn_bench.ko useless.
+    # Under TCG the guest's TSC is the host's: give its frequency, since the
+    # guest's own calibration fails when the host is busy.
+    append = "tsc=reliable "
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = next(float(l.split(":")[1]) for l in f if l.startswith("cpu MHz"))
+        append += f"tsc_early_khz={int(mhz * 1000)} "
+    except (OSError, StopIteration, ValueError):
+        pass
+    append += os.environ.get("VIRTIO_NN_APPEND", "")
+    qemu_extra += ["--append", append.strip()]
     module_dir = os.environ.get("VIRTIO_NN_MODULE_DIR", os.path.join(REPO, "guest-driver"))
     work = tempfile.mkdtemp(prefix="virtio-nn-guest-test.")
     sock = os.path.join(work, "nn.sock")
@@ -162,6 +180,8 @@ def main():
         f.write(f"WX_IN='{csv(WX)}'\nWX_OUT='{reference(WX, False)}'\n")
         f.write(f"VQ_SIZE='{vq_size[1] if vq_size else ''}'\n")
         f.write("EVENTS='1'\n")
+        f.write(f"QUEUES='{queues}'\n")
+        f.write(f"BENCH_ARGS='{bench_args}'\n")
         # Models to hot-swap in: a wider output, then another input width.
         global MODEL_B, MODEL_C
         MODEL_B = os.path.join(work, "model-b.safetensors")
@@ -174,9 +194,18 @@ def main():
         f.write(f"C_IN='{csv(c_in)}'\nC_OUT='{reference(c_in, True, MODEL_C)}'\n")
     print(open(expected).read(), end="")
 
+    # Users of the kernel API (guest-driver/consumer), if built.
+    extra_kos = []
+    for name in ("nn_consumer.ko", "nn_bench.ko"):
+        path = os.path.join(module_dir, "consumer", name)
+        if os.path.exists(path):
+            extra_kos += ["--ko", path]
+        else:
+            print(f"[runner] {path} missing: its checks are skipped", flush=True)
+
     initrd = os.path.join(work, "initramfs.cpio.gz")
     subprocess.run([os.path.join(REPO, "scripts/build-initramfs.sh"), "--output", initrd,
-                    "--no-default-modules", "--ko", ko,
+                    "--no-default-modules", "--ko", ko, *extra_kos,
                     "--add", os.path.join(HERE, "guest-test.sh") + ":/bin/nn-guest-test",
                     "--add", expected + ":/etc/nn-expected"], check=True,
                    stdout=subprocess.DEVNULL)

@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The one path every prediction takes, whatever interface it came from
+//! (`/proc`, `/dev/neural_network`, the exported kernel API, the health
+//! check): finds the bound device, runs the request and records the
+//! statistics.
+
+use crate::protocol::DeviceConfig;
+use crate::request::Deadline;
+use crate::stats::STATS;
+use core::sync::atomic::Ordering;
+use kernel::bindings;
+use kernel::prelude::*;
+
+/// Whether a prediction may be answered from the result cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CachePolicy {
+    /// Single samples use the cache (if `cache_ms` is not 0).
+    Use,
+    /// Always ask the device (health checks, `/dev/neural_network`).
+    Bypass,
+}
+
+/// Runs `num_samples` rows of Q16.16 `inputs` through the current model
+/// (see [`crate::device::NnDevice::predict`]), single samples through the
+/// result cache; returns the outputs, row after row.
+pub(crate) fn run(
+    inputs: &[i32],
+    num_samples: usize,
+    expect: Option<(usize, usize)>,
+    deadline: &Deadline,
+) -> Result<KVec<i32>> {
+    run_with_generation(inputs, num_samples, expect, deadline, CachePolicy::Use).map(|(o, _)| o)
+}
+
+/// [`run`] with a cache policy, also returning the model generation that
+/// answered.
+pub(crate) fn run_with_generation(
+    inputs: &[i32],
+    num_samples: usize,
+    expect: Option<(usize, usize)>,
+    deadline: &Deadline,
+    cache: CachePolicy,
+) -> Result<(KVec<i32>, u32)> {
+    let globals = crate::globals()?;
+    let device = globals.current_device();
+    let Some(device) = device else {
+        STATS.failure(false);
+        return Err(ENODEV);
+    };
+    let expiry = crate::cache::expiry_ns();
+    // The generation the cache entries must belong to.
+    let cached_gen = if num_samples == 1 && expiry > 0 && cache == CachePolicy::Use {
+        let generation = device.current_config(false).ok().map(|c| c.generation);
+        let fits = |o: &KVec<i32>| expect.map_or(true, |(i, n)| i == inputs.len() && n == o.len());
+        if let Some(generation) = generation {
+            if let Some(out) = globals.cache.lookup(inputs, generation, Some(expiry)) {
+                if fits(&out) {
+                    STATS.cache_lookup(true);
+                    globals.predictions.fetch_add(1, Ordering::Relaxed);
+                    return Ok((out, generation));
+                }
+            }
+            STATS.cache_lookup(false);
+        }
+        generation
+    } else {
+        None
+    };
+    // SAFETY: No preconditions.
+    let start = unsafe { bindings::ktime_get() };
+    let result = device.predict(inputs, num_samples, expect, deadline);
+    // SAFETY: No preconditions.
+    let ns = unsafe { bindings::ktime_get() } - start;
+    match &result {
+        Ok((outputs, generation)) => {
+            STATS.success(num_samples, ns.max(0) as u64);
+            globals
+                .predictions
+                .fetch_add(num_samples as u64, Ordering::Relaxed);
+            if cached_gen.is_some() {
+                globals.cache.insert(inputs, outputs, *generation);
+            }
+        }
+        Err(e) => {
+            let timed_out = e.to_errno() == -(bindings::ETIMEDOUT as i32);
+            STATS.failure(timed_out);
+            if let (true, Some(generation)) = (timed_out, cached_gen) {
+                // The seed's fallback: an expired answer beats none.
+                if let Some(out) = globals.cache.lookup(inputs, generation, None) {
+                    STATS.cache_fallback();
+                    globals.predictions.fetch_add(1, Ordering::Relaxed);
+                    return Ok((out, generation));
+                }
+            }
+        }
+    }
+    result
+}
+
+/// The config of the current model (`ENODEV` without a device or model).
+pub(crate) fn config() -> Result<DeviceConfig> {
+    let globals = crate::globals()?;
+    let device = globals.current_device().ok_or(ENODEV)?;
+    device.current_config(false)
+}
+
+/// The current model's input width, output width and largest batch
+/// (`ENODEV` without a device or model).
+pub(crate) fn dims() -> Result<(usize, usize, usize)> {
+    let cfg = config()?;
+    Ok((
+        cfg.input_dim() as usize,
+        cfg.output_dim() as usize,
+        cfg.max_batch.max(1) as usize,
+    ))
+}
