@@ -19,11 +19,41 @@
 # Env: LINUX_SOURCE_VERSION=<debian version> pins the linux-source-6.12 .deb
 # (default: apt's candidate); FORCE=1 rebuilds.
 # Prints the bzImage path on stdout at the end.
+# >>> variant
+#
+# Usage: scripts/build-kernel.sh [--variant plain|debug]
+#   plain (default)  -> $KDIR ($CACHE/linux), $KERNEL_IMAGE
+#   debug            -> $KDIR_DEBUG ($CACHE/linux-debug), $KERNEL_IMAGE_DEBUG:
+#                       the same options plus KASAN (generic, inline),
+#                       lockdep (PROVE_LOCKING), DEBUG_ATOMIC_SLEEP, kmemleak,
+#                       debugfs (WANT_Y_DEBUG below). Its own source tree (the
+#                       .deb is fetched again), so the plain tree is untouched.
+#                       Build the driver for it with scripts/build-debug-module.sh.
+# (Lines between "# >>> variant" and "# <<< variant" are the variant support;
+# the plain kernel's stamp hashes this script without them.)
+# <<< variant
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
 LOGFILE="$OUT/kernel-build.log"
+# >>> variant
+variant=plain
+while (($#)); do
+    case "$1" in
+        --variant) [[ $# -ge 2 ]] || die "--variant needs a value"; variant="$2"; shift 2 ;;
+        --variant=*) variant="${1#--variant=}"; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+case "$variant" in
+    plain) ;;
+    debug) KDIR="$KDIR_DEBUG"; KERNEL_IMAGE="$KERNEL_IMAGE_DEBUG"
+           LOGFILE="$OUT/kernel-build-debug.log" ;;
+    *) die "--variant must be plain or debug" ;;
+esac
+# <<< variant
 
 # Options that must be =y. Base set (known to work with Rust) first, then the
 # ones this project needs on top.
@@ -51,6 +81,22 @@ WANT_Y=(
 # Options that must be off (RUST needs MODVERSIONS off).
 WANT_N=(MODVERSIONS)
 
+# >>> variant
+# The debug variant: on top of WANT_Y. KASAN needs SLUB without SLUB_TINY
+# (tinyconfig's); Rust accepts generic KASAN with clang.
+WANT_Y_DEBUG=(
+    DEBUG_KERNEL DEBUG_FS DEBUG_FS_ALLOW_ALL STACKTRACE KALLSYMS_ALL
+    SLUB SLUB_DEBUG KASAN KASAN_GENERIC KASAN_INLINE
+    PROVE_LOCKING LOCKDEP DEBUG_LOCK_ALLOC DEBUG_SPINLOCK DEBUG_MUTEXES
+    DEBUG_ATOMIC_SLEEP DEBUG_KMEMLEAK DEBUG_KMEMLEAK_AUTO_SCAN DEBUG_LIST DEBUG_SG
+)
+WANT_N_DEBUG=(SLUB_TINY)
+if [[ $variant == debug ]]; then
+    WANT_Y+=("${WANT_Y_DEBUG[@]}")
+    WANT_N+=("${WANT_N_DEBUG[@]}")
+fi
+
+# <<< variant
 # Headers added to rust/bindings/bindings_helper.h for the guest driver.
 # (If one of them breaks the bindgen/Rust build, move it to SKIPPED_HEADERS.)
 BINDINGS_HEADERS=(
@@ -105,6 +151,17 @@ fi
 # ---------------------------------------------------------------------------
 # cache check
 # ---------------------------------------------------------------------------
+# >>> variant
+# The plain kernel's stamp hashes this script without the variant blocks, so
+# adding the debug variant did not invalidate existing plain builds; the debug
+# stamp hashes the whole script (WANT_Y_DEBUG included).
+if [[ $variant == plain ]]; then
+    self_filtered="$(mktemp)"
+    trap 'rm -f "$self_filtered"' EXIT
+    sed '/^# >>> variant/,/^# <<< variant/d' "$SELF" >"$self_filtered"
+    SELF="$self_filtered"
+fi
+# <<< variant
 inputs_hash="$( {
     cat "$SELF"
     echo "$src_version"

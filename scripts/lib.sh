@@ -31,6 +31,18 @@ LIBCLANG_PATH="/usr/lib/llvm${LLVM_SUFFIX}/lib"
 KDIR="$CACHE/linux"
 KERNEL_IMAGE="$KDIR/arch/x86/boot/bzImage"
 
+# Debug variant of the guest kernel (scripts/build-kernel.sh --variant debug):
+# KASAN (generic, inline), lockdep (PROVE_LOCKING), DEBUG_ATOMIC_SLEEP,
+# kmemleak; its own tree, so the plain one stays as it is.
+KDIR_DEBUG="$CACHE/linux-debug"
+KERNEL_IMAGE_DEBUG="$KDIR_DEBUG/arch/x86/boot/bzImage"
+# The guest driver built for the debug kernel (scripts/build-debug-module.sh):
+# built from a copy of the sources, laid out as in the repository
+# ($MOD_DEBUG/guest-driver + $MOD_DEBUG/nn-core/src/protocol.rs, which the
+# crate root includes with #[path]), so the plain guest-driver/*.ko stay.
+MOD_DEBUG="$CACHE/mod-debug"
+MODULE_DIR_DEBUG="$MOD_DEBUG/guest-driver"
+
 # Build outputs.
 OUT="$CACHE/out"
 INITRAMFS="$OUT/initramfs.cpio.gz"

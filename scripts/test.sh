@@ -11,6 +11,9 @@
 #  5. the guest driver suite (tests/guest): bad input, per-file answers,
 #     concurrency, timeouts with late answers, hot-swap seen through the event
 #     queue, rmmod under load, device unplug/replug with a daemon restart
+#  6. the avocado smoke subset (scripts/matrix.sh --smoke, tests/avocado):
+#     builds the debug kernel (KASAN + lockdep) and its module if missing
+#     (~7-10 min once), then 3 cells x 10 tests (~8 min)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO"
@@ -38,3 +41,6 @@ log "guest driver suite (timeouts, hot-swap, unplug/replug, rmmod under load)"
 VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
 VIRTIO_NN_MODEL_TOOL="$REPO/target/release/nn-model" \
     python3 "$REPO/tests/guest/run-guest-test.py"
+
+log "avocado smoke subset (tests/avocado/smoke.yaml: plain + debug kernel cells; hot-swap, daemon restart, slow daemon, rmmod, reboot)"
+"$REPO/scripts/matrix.sh" --smoke --build-debug
