@@ -108,6 +108,9 @@ pub(crate) struct NnDevice {
     snapshot: ConfigSnapshot,
     /// Set when the device is going away (as `config.vdev` null).
     gone: AtomicBool,
+    /// Set when a request went unanswered until its deadline; cleared by
+    /// the next answer. `model_info` and `health` show it.
+    unresponsive: AtomicBool,
     /// Id of the next request.
     next_id: AtomicU64,
     /// The event queue, if the device has one.
@@ -136,6 +139,7 @@ impl NnDevice {
             config_stale: AtomicBool::new(false),
             snapshot: ConfigSnapshot::new(&cfg),
             gone: AtomicBool::new(false),
+            unresponsive: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             events <- EventQueue::new(),
         })
@@ -155,6 +159,12 @@ impl NnDevice {
             }
         }
         ModelInfo { cfg: state.cfg }
+    }
+
+    /// Whether the last request went unanswered until its deadline (no
+    /// answer since).
+    pub(crate) fn unresponsive(&self) -> bool {
+        self.unresponsive.load(Ordering::Relaxed)
     }
 
     /// Number of request queues in use.
@@ -201,8 +211,16 @@ impl NnDevice {
             };
             let mut cfg = self.current_config(false)?;
             if !fits(&cfg) {
-                // Wrong width, or a model swap the driver has not heard of:
+                // Wrong width, or a model swap the driver has not heard of.
+                // With an event queue the device announces every swap, so
+                // the cached config is current and the width is wrong: no
+                // config read, which matters because QEMU (11.1) aborts on
+                // a config read once its vhost-user backend has died, and
+                // any user may write a wrong width to `/proc`. Without one,
                 // one round trip (the generation) tells.
+                if self.events.present() {
+                    return Err(EINVAL);
+                }
                 cfg = self.current_config(true)?;
                 if !fits(&cfg) {
                     return Err(EINVAL);
@@ -215,7 +233,16 @@ impl NnDevice {
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let req = Request::new(id, inputs, num_samples, out_dim)?;
             self.submit(&req, deadline)?;
-            let done = req.wait(deadline)?;
+            let done = match req.wait(deadline) {
+                Ok(done) => done,
+                Err(e) => {
+                    if e.to_errno() == etimedout().to_errno() {
+                        self.unresponsive.store(true, Ordering::Relaxed);
+                    }
+                    return Err(e);
+                }
+            };
+            self.unresponsive.store(false, Ordering::Relaxed);
             match self.check_answer(&done, &cfg, id, num_samples, out_dim)? {
                 Some(outputs) => return Ok(outputs),
                 None if !retried => retried = true,

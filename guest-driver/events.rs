@@ -16,6 +16,7 @@ use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::protocol::{self, Event};
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::bindings;
 use kernel::prelude::*;
 
@@ -39,6 +40,8 @@ unsafe impl Send for EventState {}
 pub(crate) struct EventQueue {
     #[pin]
     state: IrqSpinLock<EventState>,
+    /// Whether the queue is in use (between `start` and `stop`).
+    present: AtomicBool,
 }
 
 impl EventQueue {
@@ -46,6 +49,7 @@ impl EventQueue {
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
             state <- new_irq_spinlock!(EventState { vq: ptr::null_mut() }, "virtio_nn_events"),
+            present: AtomicBool::new(false),
         })
     }
 
@@ -58,6 +62,7 @@ impl EventQueue {
     pub(crate) unsafe fn start(&self, vq: *mut bindings::virtqueue) {
         let mut state = self.state.lock();
         state.vq = vq;
+        self.present.store(true, Ordering::Release);
         let mut added = 0;
         for _ in 0..EVENT_BUFFERS {
             let Ok(buf) = KBox::new([0u8; Event::SIZE], GFP_ATOMIC) else {
@@ -111,7 +116,14 @@ impl EventQueue {
 
     /// Stops using the queue; returns it (or null) for [`Self::drain`].
     pub(crate) fn stop(&self) -> *mut bindings::virtqueue {
+        self.present.store(false, Ordering::Release);
         core::mem::replace(&mut self.state.lock().vq, ptr::null_mut())
+    }
+
+    /// Whether the device announces config changes on this queue (so the
+    /// cached config is current without reading config space).
+    pub(crate) fn present(&self) -> bool {
+        self.present.load(Ordering::Acquire)
     }
 
     /// Frees the buffers still on `vq`.

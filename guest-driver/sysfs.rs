@@ -19,8 +19,9 @@
 //! The values come from the config space as last read by the driver (at
 //! probe, and again when the model may have changed): reading this file costs
 //! no round trip to the host, unless an event said the config changed (then
-//! it is read again first). `Status` is `active`, `no model`, `error` or
-//! `no device`; `Predictions` counts the successful predictions since the
+//! it is read again first). `Status` is `active`, `unresponsive` (the last
+//! request got no answer before its deadline — e.g. the daemon died — and
+//! none came since), `no model`, `error` or `no device`; `Predictions` counts the successful predictions since the
 //! module was loaded.
 
 use crate::device::NnDevice;
@@ -125,8 +126,10 @@ fn device_state() -> Result<(&'static str, DeviceConfig, Option<Arc<NnDevice>>)>
     let device = globals.current_device();
     let dev = device.clone();
     let cfg = device.map(|d| d.model_info().cfg);
+    let unresponsive = dev.as_ref().is_some_and(|d| d.unresponsive());
     let status = match cfg.map(|c| c.status) {
         None => "no device",
+        Some(protocol::DEVICE_STATUS_READY) if unresponsive => "unresponsive",
         Some(protocol::DEVICE_STATUS_READY) => "active",
         Some(protocol::DEVICE_STATUS_NO_MODEL) => "no model",
         Some(_) => "error",
@@ -138,7 +141,7 @@ fn model_info(out: &mut [u8]) -> Result<isize> {
     let globals = crate::globals()?;
     let (status, cfg, dev) = device_state()?;
     let queues = dev.as_ref().map_or(0, |d| d.num_queues());
-    let has_model = status == "active";
+    let has_model = cfg.status == protocol::DEVICE_STATUS_READY;
     let mut w = SliceWriter { buf: out, len: 0 };
     write!(
         w,

@@ -104,7 +104,7 @@ class Daemon:
     """vhost-user-nn with an admin socket, in its own process group."""
 
     def __init__(self, workdir, model, queues=1, kernel_path="auto", log=None, name="daemon",
-                 sockdir=None):
+                 sockdir=None, test_mode=False):
         # sockets in a short directory (sun_path is 108 bytes; avocado's
         # work directories are longer)
         self.workdir = workdir
@@ -116,6 +116,7 @@ class Daemon:
         self.kernel_path = kernel_path
         self.log = log
         self.logfile = os.path.join(workdir, f"{name}.log")
+        self.test_mode = test_mode
         self.proc = None
         self.generation = None
 
@@ -127,7 +128,8 @@ class Daemon:
         with open(self.logfile, "ab") as logf:
             self.proc = subprocess.Popen(
                 [DAEMON, "--socket-path", self.sock, "--model", self.model,
-                 "--admin-socket", self.admin, "--queues", str(self.queues)],
+                 "--admin-socket", self.admin, "--queues", str(self.queues)]
+                + (["--test-mode"] if self.test_mode else []),
                 stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -167,6 +169,12 @@ class Daemon:
         if not r.get("ok"):
             raise RuntimeError(f"admin load {path}: {r}")
         return r["generation"]
+
+    def set_delay(self, ms):
+        """Test-only slow device (--test-mode): every request waits ms."""
+        r = self.admin_cmd("test-delay", ms=ms)
+        if not r.get("ok"):
+            raise RuntimeError(f"admin test-delay {ms}: {r}")
 
     def signal(self, sig):
         if self.alive():
@@ -439,6 +447,14 @@ def _report(dmesg, start):
         return ""
     j = dmesg.find("</TASK>", i)
     return dmesg[i:j if j > 0 else i + 8000]
+
+
+def kmemleak_ours(report):
+    """The reports of /sys/kernel/debug/kmemleak whose backtrace has a frame
+    of virtio_nn or of its API users (nn_consumer, nn_bench)."""
+    blocks = re.split(r"(?m)^(?=unreferenced object)", report)
+    return [b.strip() for b in blocks
+            if b.startswith("unreferenced object") and re.search(r"\[(virtio_nn|nn_consumer|nn_bench)\]", b)]
 
 
 def bad_log_lines(dmesg):
