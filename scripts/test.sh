@@ -38,13 +38,10 @@ VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
     cargo test --release -p virtio-nn-tests --test e2e -- --ignored --test-threads=1
 
 log "guest driver suite (timeouts, hot-swap, unplug/replug, rmmod under load)"
-VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
-VIRTIO_NN_MODEL_TOOL="$REPO/target/release/nn-model" \
-    python3 "$REPO/tests/guest/run-guest-test.py"
+PY="$("$REPO/scripts/setup-avocado.sh")"   # the harness (tests/avocado/nnlib.py) needs qemu.qmp
+"$PY" "$REPO/tests/guest/run-guest-test.py"
 log "guest driver suite again with 2 request queues and 2 vCPUs (per-CPU queues)"
-VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
-VIRTIO_NN_MODEL_TOOL="$REPO/target/release/nn-model" \
-    python3 "$REPO/tests/guest/run-guest-test.py" --queues 2 --smp 2
+"$PY" "$REPO/tests/guest/run-guest-test.py" --queues 2 --smp 2
 
 log "avocado smoke subset (tests/avocado/smoke.yaml: plain + debug kernel cells; hot-swap, daemon restart, slow daemon, rmmod, reboot)"
 "$REPO/scripts/matrix.sh" --smoke --build-debug

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: GPL-2.0
-"""Harness for the avocado tests of virtio-nn: the daemon, a QEMU guest
+"""Harness for the end-to-end tests of virtio-nn: the daemon, a QEMU guest
 driven over QMP (qemu.qmp) and its serial console, and host references.
 
 Nothing here depends on avocado: the test classes in test_nn.py own the
-objects and call their cleanup from tearDown.
+objects and call their cleanup from tearDown; tests/guest/run-guest-test.py
+(the in-guest driver suite) uses the same objects.
 
 Console protocol: scripts/qemu.sh --serial unix:PATH makes QEMU wait for
 this client before starting the guest, so nothing is lost. The initramfs's
@@ -211,13 +212,14 @@ class Guest:
     """A QEMU guest (scripts/qemu.sh) with QMP and the serial console."""
 
     def __init__(self, workdir, daemon, kernel, initrd, smp=1, queues=1, mem="512M",
-                 log=None, name="guest", append="", sockdir=None):
+                 log=None, name="guest", append="", sockdir=None, vq_size=None):
         self.workdir = workdir
         self.daemon = daemon
         self.kernel = kernel
         self.initrd = initrd
         self.smp = smp
         self.queues = queues
+        self.vq_size = vq_size
         self.mem = mem
         self.log = log
         self.name = name
@@ -248,6 +250,8 @@ class Guest:
                "--append", append.strip()]
         if self.daemon is not None:
             cmd += ["--socket", self.daemon.sock]
+        if self.vq_size:
+            cmd += ["--vq-size", str(self.vq_size)]
         t0 = time.time()
         with open(self.qemulog, "ab") as logf:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf,
@@ -434,10 +438,11 @@ class Guest:
         self.qmp.cmd("chardev-add", id="nn0", backend={
             "type": "socket", "data": {"addr": {"type": "unix", "data": {"path": sock}},
                                        "server": False}})
+        props = {"virtio-id": VIRTIO_ID, "num_vqs": self.queues + 1, "config_size": 64}
+        if self.vq_size:
+            props["vq_size"] = self.vq_size
         self.qmp.cmd("device_add", driver="vhost-user-test-device-pci", id="nn0dev",
-                     bus="rp0", chardev="nn0", **{"virtio-id": VIRTIO_ID,
-                                                  "num_vqs": self.queues + 1,
-                                                  "config_size": 64})
+                     bus="rp0", chardev="nn0", **props)
 
 
 def _report(dmesg, start):
