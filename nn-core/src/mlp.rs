@@ -237,6 +237,55 @@ impl Mlp {
         Ok(Self::new_unpacked(layers)?.packed_for(Kernel::detect()))
     }
 
+    /// A network of the layer widths `dims` (input first) with He-uniform
+    /// weights (from `[-sqrt(6 / in), sqrt(6 / in))`) and biases from
+    /// `[-0.1, 0.1)`, ReLU after every layer but the last (identity): for
+    /// benchmarks and test models. `uniform(b)` draws a value from
+    /// `[-b, b)`; it is called for each layer's weights, row-major, then its
+    /// biases.
+    #[cfg(feature = "std")]
+    pub fn he_uniform(
+        dims: &[usize],
+        mut uniform: impl FnMut(f64) -> f64,
+    ) -> Result<Self, ShapeError> {
+        if dims.len() < 2 {
+            return Err(ShapeError::NoLayers);
+        }
+        if dims.len() - 1 > MAX_LAYERS {
+            return Err(ShapeError::TooManyLayers(dims.len() - 1));
+        }
+        // Widths first: nothing is drawn (or allocated) for a bad shape.
+        if let Some((k, &dim)) = dims
+            .iter()
+            .enumerate()
+            .find(|(_, &d)| d == 0 || d > MAX_DIM as usize)
+        {
+            return Err(ShapeError::BadDim {
+                layer: k.saturating_sub(1),
+                dim,
+            });
+        }
+        let last = dims.len() - 2;
+        let mut q = |b: f64| fixed::from_f64(uniform(b)).unwrap_or(0);
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(k, d)| {
+                let (i, o) = (d[0], d[1]);
+                let bound = (6.0 / i as f64).sqrt();
+                let w = (0..i * o).map(|_| q(bound)).collect();
+                let b = (0..o).map(|_| q(0.1)).collect();
+                let act = if k == last {
+                    Activation::Identity
+                } else {
+                    Activation::Relu
+                };
+                Layer::new(i, o, w, b, act)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(layers)
+    }
+
     /// The same network on another kernel ([`Kernel::Auto`]: the fastest this
     /// CPU has), or an error if the CPU cannot run it.
     pub fn with_kernel(self, kernel: Kernel) -> Result<Self, kernels::Unsupported> {
@@ -540,5 +589,40 @@ mod tests {
                 expected: 2
             })
         );
+    }
+
+    #[test]
+    fn he_uniform_draws_within_bounds_and_refuses_bad_shapes() {
+        // A draw of exactly the bound's edge shows what each value was
+        // drawn with: the weight bound sqrt(6 / in) or the bias bound 0.1.
+        let m = Mlp::he_uniform(&[6, 4, 2], |b| b).unwrap();
+        assert_eq!(m.dims(), vec![6, 4, 2]);
+        assert_eq!(m.layers[0].weights, vec![ONE; 24]);
+        assert_eq!(m.layers[0].bias, vec![fixed::from_f64(0.1).unwrap(); 4]);
+        assert_eq!(m.layers[1].activation, Activation::Identity);
+        assert_eq!(m.layers[0].activation, Activation::Relu);
+        let mut calls = 0;
+        let mut count = |_| {
+            calls += 1;
+            0.0
+        };
+        assert_eq!(Mlp::he_uniform(&[4], &mut count), Err(ShapeError::NoLayers));
+        assert_eq!(
+            Mlp::he_uniform(&[4, 0, 2], &mut count),
+            Err(ShapeError::BadDim { layer: 0, dim: 0 })
+        );
+        let huge = MAX_DIM as usize + 1;
+        assert_eq!(
+            Mlp::he_uniform(&[4, 4, huge], &mut count),
+            Err(ShapeError::BadDim {
+                layer: 1,
+                dim: huge
+            })
+        );
+        assert_eq!(
+            Mlp::he_uniform(&[2; 9], &mut count),
+            Err(ShapeError::TooManyLayers(8))
+        );
+        assert_eq!(calls, 0, "nothing is drawn for a bad shape");
     }
 }

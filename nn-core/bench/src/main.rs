@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nn_core::import::onnx::{export, float_layers};
-use nn_core::{fixed, Activation, Kernel, Layer, Mlp, Model, Scratch};
+use nn_core::{fixed, Kernel, Mlp, Model, Scratch};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -41,28 +41,7 @@ impl Rng {
 /// He-uniform weights, small biases, ReLU then identity.
 fn random_mlp(dims: &[usize], seed: u64) -> Mlp {
     let mut rng = Rng(seed);
-    let last = dims.len() - 2;
-    let layers = dims
-        .windows(2)
-        .enumerate()
-        .map(|(k, d)| {
-            let (i, o) = (d[0], d[1]);
-            let bound = (6.0 / i as f64).sqrt();
-            let w = (0..i * o)
-                .map(|_| fixed::from_f64(rng.uniform(bound)).unwrap())
-                .collect();
-            let b = (0..o)
-                .map(|_| fixed::from_f64(rng.uniform(0.1)).unwrap())
-                .collect();
-            let act = if k == last {
-                Activation::Identity
-            } else {
-                Activation::Relu
-            };
-            Layer::new(i, o, w, b, act).unwrap()
-        })
-        .collect();
-    Mlp::new(layers).unwrap()
+    Mlp::he_uniform(dims, |b| rng.uniform(b)).expect("benchmark shapes are valid")
 }
 
 /// Runs `f` (one call on `batch` samples) for at least `secs` (and at least

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nn_core::import::{self, ImportError, QuantReport};
-use nn_core::{fixed, Activation, Kernel, Layer, Mlp, Model};
+use nn_core::{fixed, Kernel, Mlp, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -184,28 +184,8 @@ fn generate(dims: &[usize], seed: u64, name: &str) -> Result<Model, String> {
         return Err("--dims needs at least an input and an output width".into());
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let last = dims.len() - 2;
-    let layers = dims
-        .windows(2)
-        .enumerate()
-        .map(|(k, d)| {
-            let (i, o) = (d[0], d[1]);
-            let bound = (6.0 / i as f64).sqrt();
-            let mut q = |b: f64| fixed::from_f64(rng.random_range(-b..b)).expect("in range");
-            let w = (0..i * o).map(|_| q(bound)).collect();
-            let b = (0..o).map(|_| q(0.1)).collect();
-            let act = if k == last {
-                Activation::Identity
-            } else {
-                Activation::Relu
-            };
-            Layer::new(i, o, w, b, act).map_err(|e| format!("layer {k}: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Model::new(
-        Mlp::new(layers).map_err(|e| e.to_string())?,
-        name,
-    ))
+    let mlp = Mlp::he_uniform(dims, |b| rng.random_range(-b..b)).map_err(|e| e.to_string())?;
+    Ok(Model::new(mlp, name))
 }
 
 fn parse_inputs(s: &str, q16: bool) -> Result<Vec<i32>, String> {
