@@ -352,29 +352,7 @@ mod tests {
     const RESP: u64 = 0x20_0000;
 
     fn device() -> NnDevice {
-        // 3 -> 2 (relu) -> 2 (identity), small integer weights.
-        let l0 = Layer::new(
-            3,
-            2,
-            vec![ONE, 2 * ONE, -ONE, -ONE, ONE, ONE / 2],
-            vec![0, ONE],
-            Activation::Relu,
-        )
-        .unwrap();
-        let l1 = Layer::new(
-            2,
-            2,
-            vec![ONE, ONE, 2 * ONE, -ONE],
-            vec![0, 0],
-            Activation::Identity,
-        )
-        .unwrap();
-        NnDevice::new(
-            Model::new(Mlp::new(vec![l0, l1]).unwrap(), "t"),
-            "t".into(),
-            1,
-        )
-        .unwrap()
+        crate::testing::small_device("t")
     }
 
     fn request(opcode: u32, n: u32, in_dim: u32, inputs: &[i32]) -> Vec<u8> {

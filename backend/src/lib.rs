@@ -18,5 +18,8 @@ pub mod admin;
 pub mod device;
 pub mod sandbox;
 pub mod stats;
+#[cfg(any(test, feature = "test-utils"))]
+#[doc(hidden)]
+pub mod testing;
 pub mod vhu_nn;
 pub mod watch;

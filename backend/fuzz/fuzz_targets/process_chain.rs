@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! `NnDevice::process_chain` on arbitrary descriptor chains over guest
-//! memory, as in the unit tests of device.rs (virtio-queue's mock queue):
-//! never panics, never writes more than the chain's writable part, and an
-//! answered chain carries a well-formed response header.
+//! memory, as in the unit tests of device.rs (virtio-queue's mock queue, the
+//! same small model): never panics, never writes more than the chain's
+//! writable part, and an answered chain carries a well-formed response
+//! header.
 //!
 //! Input: byte 0 = head index, byte 1 = number of descriptors (mod 17),
 //! then 16 bytes per descriptor (addr, len, flags, next; addresses are
@@ -15,9 +16,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nn_core::fixed::ONE;
 use nn_core::protocol::{ResponseHeader, STATUS_DEVICE_ERROR};
-use nn_core::{Activation, Layer, Mlp, Model};
 use vhost_user_nn::device::{Buffers, NnDevice};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -30,27 +29,7 @@ const QSIZE: u16 = 16;
 
 fn device() -> &'static NnDevice {
     static DEV: OnceLock<NnDevice> = OnceLock::new();
-    DEV.get_or_init(|| {
-        // 3 -> 2 (relu) -> 2 (identity), as in device.rs's tests.
-        let l0 = Layer::new(
-            3,
-            2,
-            vec![ONE, 2 * ONE, -ONE, -ONE, ONE, ONE / 2],
-            vec![0, ONE],
-            Activation::Relu,
-        )
-        .unwrap();
-        let l1 = Layer::new(
-            2,
-            2,
-            vec![ONE, ONE, 2 * ONE, -ONE],
-            vec![0, 0],
-            Activation::Identity,
-        )
-        .unwrap();
-        let m = Model::new(Mlp::new(vec![l0, l1]).unwrap(), "fuzz");
-        NnDevice::new(m, "fuzz".into(), 1).unwrap()
-    })
+    DEV.get_or_init(|| vhost_user_nn::testing::small_device("fuzz"))
 }
 
 fuzz_target!(|data: &[u8]| {
