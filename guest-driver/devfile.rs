@@ -35,6 +35,7 @@
 //! `EIO`). A read before any successful write fails with `ENODATA`.
 //! Answers never come from the result cache.
 
+use crate::fileio;
 use crate::predict::CachePolicy;
 use crate::request::Deadline;
 use kernel::bindings;
@@ -42,7 +43,6 @@ use kernel::error::from_result;
 use kernel::ffi::{c_char, c_int};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
-use kernel::uaccess::UserSlice;
 
 /// `NNRQ`.
 pub(crate) const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"NNRQ");
@@ -77,8 +77,7 @@ fn write(
     if count < HEADER_LEN {
         return Err(EINVAL);
     }
-    let mut req = KVec::new();
-    UserSlice::new(buf as usize, count).read_all(&mut req, GFP_KERNEL)?;
+    let req = fileio::copy_write(buf, count)?;
     let num_samples = le32(&req, 4) as usize;
     let in_dim = le32(&req, 8) as usize;
     let timeout_ms = le32(&req, 12) as i32;
@@ -122,28 +121,15 @@ fn write(
         answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL)?;
     }
     *df.answer.lock() = Some(answer);
-    // SAFETY: `pos` is valid (VFS).
-    unsafe { *pos = 0 };
-    Ok(count as isize)
+    fileio::written(count, pos)
 }
 
 fn read(df: &DevFile, buf: *mut c_char, count: usize, pos: *mut bindings::loff_t) -> Result<isize> {
-    // SAFETY: `pos` is valid (VFS).
-    let start = usize::try_from(unsafe { *pos }).map_err(|_| EINVAL)?;
     let guard = df.answer.lock();
     let answer = guard
         .as_ref()
         .ok_or(Error::from_errno(-(bindings::ENODATA as i32)))?;
-    if start >= answer.len() {
-        return Ok(0);
-    }
-    let n = count.min(answer.len() - start);
-    UserSlice::new(buf as usize, n)
-        .writer()
-        .write_slice(&answer[start..start + n])?;
-    // SAFETY: `pos` is valid (VFS).
-    unsafe { *pos += n as bindings::loff_t };
-    Ok(n as isize)
+    fileio::read_answer(answer, buf, count, pos)
 }
 
 /// The open file of `file`.

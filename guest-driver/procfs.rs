@@ -13,6 +13,7 @@
 //! The entries live as long as the module and look up the current device at
 //! each write (`ENODEV` when there is none), so they survive unplug/replug.
 
+use crate::fileio;
 use crate::glue;
 use crate::parse::{self, Format};
 use crate::request::Deadline;
@@ -23,7 +24,6 @@ use kernel::bindings;
 use kernel::ffi::{c_char, c_int};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
-use kernel::uaccess::UserSlice;
 use kernel::{c_str, error::from_result};
 
 /// `pde_data` values of the two entries (never null).
@@ -124,8 +124,7 @@ fn write(
     if count == 0 || count > parse::MAX_WRITE_LEN {
         return Err(EINVAL);
     }
-    let mut text = KVec::new();
-    UserSlice::new(buf as usize, count).read_all(&mut text, GFP_KERNEL)?;
+    let text = fileio::copy_write(buf, count)?;
     let n = parse::count_fields(&text);
     if n == 0 || n > crate::protocol::MAX_DIM as usize {
         return Err(EINVAL);
@@ -153,9 +152,7 @@ fn write(
         answers.own = Some(answer);
         answers.session = None;
     }
-    // SAFETY: `pos` is valid (VFS).
-    unsafe { *pos = 0 };
-    Ok(count as isize)
+    fileio::written(count, pos)
 }
 
 fn table_index(format: Format) -> usize {
@@ -171,14 +168,12 @@ fn read(
     count: usize,
     pos: *mut bindings::loff_t,
 ) -> Result<isize> {
-    // SAFETY: `pos` is valid (VFS).
-    let start = usize::try_from(unsafe { *pos }).map_err(|_| EINVAL)?;
     let answer = {
         let mut answers = of.answers.lock();
         if let Some(own) = &answers.own {
             own.clone()
         } else {
-            if start == 0 || answers.session.is_none() {
+            if fileio::position(pos) == 0 || answers.session.is_none() {
                 let globals = crate::globals()?;
                 answers.session = globals.sessions.lock()[table_index(of.format)].get(session());
             }
@@ -188,17 +183,7 @@ fn read(
                 .ok_or(Error::from_errno(-(bindings::ENODATA as i32)))?
         }
     };
-    let text = &answer.text;
-    if start >= text.len() {
-        return Ok(0);
-    }
-    let n = count.min(text.len() - start);
-    UserSlice::new(buf as usize, n)
-        .writer()
-        .write_slice(&text[start..start + n])?;
-    // SAFETY: `pos` is valid (VFS).
-    unsafe { *pos += n as bindings::loff_t };
-    Ok(n as isize)
+    fileio::read_answer(&answer.text, buf, count, pos)
 }
 
 /// `proc_ops.proc_open`.

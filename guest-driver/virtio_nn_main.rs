@@ -63,6 +63,7 @@ mod config_snap;
 mod devfile;
 mod device;
 mod events;
+mod fileio;
 mod glue;
 mod health;
 mod irq_lock;
