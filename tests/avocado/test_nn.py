@@ -131,18 +131,19 @@ class NNTest(Test):
                 self.log.warning("guest stop: %s", e)
         if getattr(self, "daemon", None) is not None:
             self.daemon.stop()
-        # no stray processes, sockets (memfds die with QEMU)
-        for g in getattr(self, "guests", []):
-            if g.proc is not None and g.proc.poll() is None:
-                self.log.error("QEMU %d still running", g.proc.pid)
+        # no stray processes or sockets (QEMU's memfd guest RAM dies with it)
+        strays = [f"QEMU {g.proc.pid}" for g in getattr(self, "guests", [])
+                  if g.proc is not None and g.proc.poll() is None]
+        if getattr(self, "daemon", None) is not None and self.daemon.alive():
+            strays.append(f"daemon {self.daemon.proc.pid}")
         if getattr(self, "sockdir", None):
-            leftovers = os.listdir(self.sockdir)
-            if leftovers:
-                self.log.warning("sockets left: %s", leftovers)
+            strays += [f"socket {f}" for f in os.listdir(self.sockdir)]
             shutil.rmtree(self.sockdir, ignore_errors=True)
         for f in os.listdir(self.workdir):
             if f.endswith((".log",)):
                 shutil.copy(os.path.join(self.workdir, f), self.outputdir)
+        if strays:
+            self.error(f"left behind after the test: {', '.join(strays)}")
 
     # -- helpers ---------------------------------------------------------------
     def ref(self, values, q16=True, model=None):
