@@ -138,6 +138,34 @@ pub(crate) extern "C" fn neural_api_predict_batch(req: *mut NeuralBatchRequest) 
     })())
 }
 
+/// `neural_api_null()`: the round trip of a batch request without
+/// inference; `output_data` and `output_size` are not used.
+#[no_mangle]
+pub(crate) extern "C" fn neural_api_null(req: *const NeuralBatchRequest) -> c_int {
+    if req.is_null() {
+        return EINVAL.to_errno();
+    }
+    // SAFETY: The caller passes a valid request (header contract).
+    let r = unsafe { &*req };
+    to_ret((|| {
+        let deadline = deadline(r.timeout_ms)?;
+        let (n, width) = (r.num_samples as usize, r.input_size as usize);
+        if r.input_data.is_null()
+            || n == 0
+            || n > crate::protocol::MAX_BATCH as usize
+            || width == 0
+            || width > crate::protocol::MAX_DIM as usize
+        {
+            return Err(EINVAL);
+        }
+        // SAFETY: The caller's buffer holds `num_samples` rows of
+        // `input_size` values (header contract); the bounds above keep the
+        // product small.
+        let inputs = unsafe { core::slice::from_raw_parts(r.input_data, n * width) };
+        crate::predict::null(inputs, n, &deadline).map(|_| ())
+    })())
+}
+
 /// `neural_predict_production()`: one sample, the module's timeout.
 #[no_mangle]
 pub(crate) extern "C" fn neural_predict_production(

@@ -9,13 +9,16 @@
 //!
 //! | offset | field | |
 //! |---|---|---|
-//! | 0 | `magic` | `0x51524e4e` (the bytes `NNRQ`) |
+//! | 0 | `magic` | `0x51524e4e` (the bytes `NNRQ`); `0x4e524e4e` (`NNRN`): the null request |
 //! | 4 | `num_samples` | `1..=max_batch` |
 //! | 8 | `in_dim` | the model's input width |
 //! | 12 | `timeout_ms` | `i32`; 0: the module parameter `timeout_ms` |
 //! | 16 | inputs | `num_samples * in_dim` values, row after row |
 //!
-//! It blocks until the device answers and returns the byte count. A **read**
+//! It blocks until the device answers and returns the byte count. The null
+//! request (`NNRN`) makes the same round trip without inference (the
+//! device reads the inputs and answers with a header only): its answer has
+//! `out_dim` 0 and no outputs; it is not counted in `performance`. A **read**
 //! then returns the answer of the last successful write on the same open
 //! file (partial reads follow the file position; a write resets it to 0):
 //!
@@ -37,16 +40,19 @@
 
 use crate::fileio;
 use crate::predict::CachePolicy;
-use crate::request::Deadline;
+use crate::request::{Deadline, Op};
 use kernel::bindings;
 use kernel::error::from_result;
 use kernel::ffi::{c_char, c_int};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
 
-/// `NNRQ`.
+/// `magic` of a request (the bytes `NNRQ`).
 pub(crate) const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"NNRQ");
-/// `NNRS`.
+/// `magic` of a null request (the bytes `NNRN`): the same round trip
+/// without inference; the answer has `out_dim` 0 and no outputs.
+pub(crate) const NULL_MAGIC: u32 = u32::from_le_bytes(*b"NNRN");
+/// `magic` of an answer (the bytes `NNRS`).
 pub(crate) const RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"NNRS");
 /// Size of the request and response headers.
 const HEADER_LEN: usize = 16;
@@ -81,8 +87,12 @@ fn write(
     let num_samples = le32(&req, 4) as usize;
     let in_dim = le32(&req, 8) as usize;
     let timeout_ms = le32(&req, 12) as i32;
-    if le32(&req, 0) != REQUEST_MAGIC
-        || num_samples == 0
+    let op = match le32(&req, 0) {
+        REQUEST_MAGIC => Op::Predict,
+        NULL_MAGIC => Op::Null,
+        _ => return Err(EINVAL),
+    };
+    if num_samples == 0
         || in_dim == 0
         || timeout_ms < 0
         || num_samples
@@ -100,13 +110,16 @@ fn write(
     }
     drop(req);
     let deadline = Deadline::after_ms_or_default(timeout_ms as u32);
-    let (outputs, generation) = crate::predict::run_with_generation(
-        &inputs,
-        num_samples,
-        None,
-        &deadline,
-        CachePolicy::Bypass,
-    )?;
+    let (outputs, generation) = match op {
+        Op::Predict => crate::predict::run_with_generation(
+            &inputs,
+            num_samples,
+            None,
+            &deadline,
+            CachePolicy::Bypass,
+        )?,
+        Op::Null => (KVec::new(), crate::predict::null(&inputs, num_samples, &deadline)?),
+    };
     let out_dim = outputs.len() / num_samples;
     let mut answer = KVec::with_capacity(HEADER_LEN + 4 * outputs.len(), GFP_KERNEL)?;
     for v in [

@@ -27,7 +27,7 @@ use crate::events::EventQueue;
 use crate::glue;
 use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::protocol::{self, cfg, DeviceConfig, ResponseHeader};
-use crate::request::{etimedout, Completed, Deadline, Request};
+use crate::request::{etimedout, Completed, Deadline, Op, Request};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use kernel::bindings;
@@ -192,8 +192,12 @@ impl NnDevice {
     /// If the model was swapped for one with another output width while the
     /// request was built (the answer comes from a newer generation and does
     /// not fit), the config is read again and the request sent once more.
+    ///
+    /// With [`Op::Null`] the device does the same round trip without
+    /// inference: the outputs are empty.
     pub(crate) fn predict(
         &self,
+        op: Op,
         inputs: &[i32],
         num_samples: usize,
         expect: Option<(usize, usize)>,
@@ -226,12 +230,15 @@ impl NnDevice {
                     return Err(EINVAL);
                 }
             }
-            let out_dim = cfg.output_dim() as usize;
+            let out_dim = match op {
+                Op::Predict => cfg.output_dim() as usize,
+                Op::Null => 0,
+            };
             if num_samples > cfg.max_batch.max(1) as usize {
                 return Err(EINVAL);
             }
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let req = Request::new(id, inputs, num_samples, out_dim)?;
+            let req = Request::new(op, id, inputs, num_samples, out_dim)?;
             self.submit(&req, deadline)?;
             let done = match req.wait(deadline) {
                 Ok(done) => done,

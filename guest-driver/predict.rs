@@ -3,10 +3,10 @@
 //! The one path every prediction takes, whatever interface it came from
 //! (`/proc`, `/dev/neural_network`, the exported kernel API, the health
 //! check): finds the bound device, runs the request and records the
-//! statistics.
+//! statistics; and the null request beside it.
 
 use crate::protocol::DeviceConfig;
-use crate::request::Deadline;
+use crate::request::{Deadline, Op};
 use crate::stats::STATS;
 use core::sync::atomic::Ordering;
 use kernel::bindings;
@@ -69,7 +69,7 @@ pub(crate) fn run_with_generation(
     };
     // SAFETY: No preconditions.
     let start = unsafe { bindings::ktime_get() };
-    let result = device.predict(inputs, num_samples, expect, deadline);
+    let result = device.predict(Op::Predict, inputs, num_samples, expect, deadline);
     // SAFETY: No preconditions.
     let ns = unsafe { bindings::ktime_get() } - start;
     match &result {
@@ -96,6 +96,17 @@ pub(crate) fn run_with_generation(
         }
     }
     result
+}
+
+/// The null request: `num_samples` rows of `inputs` make the round trip to
+/// the device, which reads them and answers without inference (the
+/// transport's cost, beside [`run`]). Returns the generation that answered.
+/// Not counted in the statistics of `performance`.
+pub(crate) fn null(inputs: &[i32], num_samples: usize, deadline: &Deadline) -> Result<u32> {
+    let device = crate::globals()?.current_device().ok_or(ENODEV)?;
+    device
+        .predict(Op::Null, inputs, num_samples, None, deadline)
+        .map(|(_, generation)| generation)
 }
 
 /// The config of the current model (`ENODEV` without a device or model).

@@ -13,7 +13,7 @@
 //! is dropped when the device hands the buffers back.
 
 use crate::glue;
-use crate::protocol::{RequestHeader, ResponseHeader, OP_PREDICT};
+use crate::protocol::{RequestHeader, ResponseHeader, OP_NULL, OP_PREDICT};
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use kernel::bindings;
@@ -72,6 +72,17 @@ impl Deadline {
     }
 }
 
+/// What a request asks of the device.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// Run the model on every sample (`OP_PREDICT`).
+    Predict,
+    /// The same round trip without inference: the device reads the inputs
+    /// and answers with the response header only (`OP_NULL`), for
+    /// measuring the transport.
+    Null,
+}
+
 /// A prediction request for one sample or a batch.
 #[pin_data]
 pub(crate) struct Request {
@@ -96,8 +107,9 @@ pub(crate) struct Request {
 impl Request {
     /// Creates a request with the given id and `num_samples` rows of
     /// inputs whose answer has room for `num_samples` rows of `out_dim`
-    /// outputs.
+    /// outputs (0 for [`Op::Null`]).
     pub(crate) fn new(
+        op: Op,
         id: u64,
         inputs: &[i32],
         num_samples: usize,
@@ -108,7 +120,10 @@ impl Request {
         }
         let in_dim = u32::try_from(inputs.len() / num_samples).map_err(|_| EINVAL)?;
         let header = RequestHeader {
-            opcode: OP_PREDICT,
+            opcode: match op {
+                Op::Predict => OP_PREDICT,
+                Op::Null => OP_NULL,
+            },
             flags: 0,
             id,
             num_samples: u32::try_from(num_samples).map_err(|_| EINVAL)?,

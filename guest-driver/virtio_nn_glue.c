@@ -94,6 +94,7 @@ EXPORT_SYMBOL_GPL(neural_api_predict);
 EXPORT_SYMBOL_GPL(neural_api_predict_batch);
 EXPORT_SYMBOL_GPL(neural_predict_production);
 EXPORT_SYMBOL_GPL(neural_api_get_info);
+EXPORT_SYMBOL_GPL(neural_api_null);
 
 /* --- virtio driver ----------------------------------------------------- */
 

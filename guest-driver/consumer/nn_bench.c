@@ -2,7 +2,7 @@
 /*
  * nn_bench.ko - latency and throughput of virtio_nn's kernel API.
  *
- *   insmod nn_bench.ko [iterations=200] [batch=32] [threads=1]
+ *   insmod nn_bench.ko [iterations=200] [batch=32] [threads=1] [null=1]
  *
  * At load time it runs @iterations single-sample calls
  * (neural_api_predict) and then @iterations batched calls of @batch samples
@@ -13,6 +13,10 @@
  * second to the kernel log:
  *
  *   nn_bench: single: 200 calls x 1 samples, 1 threads: p50 812 us, ...
+ *
+ * With @null (the default) it then runs the same two modes as null requests
+ * (neural_api_null: the same round trip, no inference), printed as
+ * "null-single" and "null-batch": the transport's share of the latency.
  *
  * The load fails with the first error. Unload with rmmod.
  */
@@ -38,6 +42,10 @@ static int batch = 32;
 module_param(batch, int, 0444);
 MODULE_PARM_DESC(batch, "Samples per batched call");
 
+static bool null = true;
+module_param(null, bool, 0444);
+MODULE_PARM_DESC(null, "Also run both modes as null requests (no inference)");
+
 static int threads = 1;
 module_param(threads, int, 0444);
 MODULE_PARM_DESC(threads, "Threads calling at once (1..16)");
@@ -45,6 +53,7 @@ MODULE_PARM_DESC(threads, "Threads calling at once (1..16)");
 struct bench_thread {
 	struct completion done;
 	int rows;
+	bool null;
 	struct neural_model_info info;
 	u64 *lat;		/* ns per call */
 	int ret;
@@ -79,7 +88,14 @@ static int bench_fn(void *arg)
 		in[0] = INT_TO_FIXED(i % 30000);
 		t0 = ktime_get();
 
-		if (t->rows == 1) {
+		if (t->null) {
+			struct neural_batch_request req = {
+				.input_data = in, .num_samples = t->rows,
+				.input_size = isz, .timeout_ms = 5000,
+			};
+
+			ret = neural_api_null(&req);
+		} else if (t->rows == 1) {
 			struct neural_prediction_request req = {
 				.input_data = in, .output_data = out,
 				.input_size = isz, .output_size = osz,
@@ -106,7 +122,8 @@ out:
 	kthread_complete_and_exit(&t->done, 0);
 }
 
-static int bench(const char *name, int rows, struct neural_model_info *info)
+static int bench(const char *name, int rows, bool null_req,
+		 struct neural_model_info *info)
 {
 	struct bench_thread *t;
 	u64 *all, total_ns, n;
@@ -125,6 +142,7 @@ static int bench(const char *name, int rows, struct neural_model_info *info)
 
 		init_completion(&t[i].done);
 		t[i].rows = rows;
+		t[i].null = null_req;
 		t[i].info = *info;
 		t[i].lat = all + (size_t)i * iterations;
 		task = kthread_run(bench_fn, &t[i], "nn_bench/%d", i);
@@ -159,6 +177,7 @@ free:
 static int __init nn_bench_init(void)
 {
 	struct neural_model_info info;
+	u32 rows;
 	int ret;
 
 	if (iterations < 1 || threads < 1 || threads > 16 || batch < 1)
@@ -166,10 +185,15 @@ static int __init nn_bench_init(void)
 	ret = neural_api_get_info(&info);
 	if (ret)
 		return ret;
-	ret = bench("single", 1, &info);
-	if (ret)
-		return ret;
-	return bench("batch", min_t(u32, batch, info.max_batch), &info);
+	rows = min_t(u32, batch, info.max_batch);
+	ret = bench("single", 1, false, &info);
+	if (!ret)
+		ret = bench("batch", rows, false, &info);
+	if (!ret && null)
+		ret = bench("null-single", 1, true, &info);
+	if (!ret && null)
+		ret = bench("null-batch", rows, true, &info);
+	return ret;
 }
 
 static void __exit nn_bench_exit(void)

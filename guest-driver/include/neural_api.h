@@ -68,5 +68,13 @@ int neural_api_predict_batch(struct neural_batch_request *request);
 int neural_predict_production(s32 *input, s32 *output, int input_size,
 			      int output_size);
 int neural_api_get_info(struct neural_model_info *info);
+/*
+ * The null request: the round trip of a batch request (input_data,
+ * num_samples, input_size, timeout_ms as for neural_api_predict_batch)
+ * without inference; the device reads the inputs and answers with a header
+ * only. output_data and output_size are not used. For measuring the
+ * transport; not counted in /sys/kernel/neural_network/performance.
+ */
+int neural_api_null(const struct neural_batch_request *request);
 
 #endif /* NEURAL_API_H */

@@ -2,8 +2,9 @@
 """End-to-end figures under the guest (scripts/matrix.sh --bench): predictions/s
 and latency p50/p99 through /proc/neural_network/predict_q16, through
 /dev/neural_network (batch 1 and 256) and through the kernel API (nn_bench.ko,
-batch 1 and 256); a null baseline (the same guest loop against /dev/null:
-the shell + syscall cost under TCG; the driver exposes no OP_NULL request);
+batch 1 and 256), each beside the null request (the protocol's OP_NULL: the
+same round trip without inference; /dev magic NNRN, neural_api_null); the
+floor of the guest's shell loop (the same loop against /dev/null);
 and the time from the admin `load` to the new generation in sysfs
 model_info. Parameters as test_nn.py (default: q1, smp1, auto, default,
 plain). Writes data/figures.json, which tests/avocado/report.py prints.
@@ -79,8 +80,8 @@ class Bench(NNTest):
         g.put_file("/tmp/in", csv(self.q1) + "\n")
         rate = self._timed(f"i=0; exec 3<>/dev/null; while [ $i -lt {N} ]; do cat /tmp/in >&3; "
                            "cat <&3 >/dev/null; i=$((i+1)); done; exec 3<&-", N)
-        rows.append(dict(path="null (guest loop on /dev/null)", batch=1, rate=f"{rate:.0f}",
-                         note="shell+syscall cost under TCG; no device"))
+        rows.append(dict(path="shell loop on /dev/null", batch=1, rate=f"{rate:.0f}",
+                         note="the loop's own floor under TCG; no device"))
         # /proc predict_q16
         self._fresh_module()
         rate = self._timed(f"i=0; exec 3<>/proc/neural_network/predict_q16; while [ $i -lt {N} ]; "
@@ -89,25 +90,31 @@ class Bench(NNTest):
         rows.append(dict(path="/proc predict_q16", batch=1, rate=f"{rate:.0f}",
                          p50=f"<={perf['latency_p50_us']} us", p99=f"<={perf['latency_p99_us']} us",
                          note=f"driver histogram, {perf['requests']} requests"))
-        # /dev/neural_network, batch 1 and 256
+        # /dev/neural_network, batch 1 and 256, predictions and null requests
         if self.has("/dev/neural_network"):
             g.put_words("/tmp/sample", self.q1)
             for batch in (1, 256):
-                g.put_words("/tmp/req", [0x51524E4E, batch, self.in_w, 0])
-                g.out(f"i=0; while [ $i -lt {batch} ]; do cat /tmp/sample >>/tmp/req; "
-                      "i=$((i+1)); done")
-                n = N if batch == 1 else max(10, N // 10)
-                self._fresh_module()
-                rate = self._timed(f"i=0; exec 3<>/dev/neural_network; while [ $i -lt {n} ]; do "
-                                   "dd if=/tmp/req bs=1M >&3 2>/dev/null; "
-                                   "dd bs=1M count=1 <&3 >/dev/null 2>&1; i=$((i+1)); done; "
-                                   "exec 3<&-", n)
-                perf = g.kv(PERF)
-                rows.append(dict(path="/dev/neural_network", batch=batch,
-                                 rate=f"{rate * batch:.0f}",
-                                 p50=f"<={perf['latency_p50_us']} us",
-                                 p99=f"<={perf['latency_p99_us']} us",
-                                 note=f"driver histogram, {perf['requests']} requests"))
+                for name, magic in (("predict", 0x51524E4E), ("null", 0x4E524E4E)):
+                    g.put_words("/tmp/req", [magic, batch, self.in_w, 0])
+                    g.out(f"i=0; while [ $i -lt {batch} ]; do cat /tmp/sample >>/tmp/req; "
+                          "i=$((i+1)); done")
+                    n = N if batch == 1 else max(10, N // 10)
+                    self._fresh_module()
+                    rate = self._timed(f"i=0; exec 3<>/dev/neural_network; while [ $i -lt {n} ]; "
+                                       "do dd if=/tmp/req bs=1M >&3 2>/dev/null; "
+                                       "dd bs=1M count=1 <&3 >/dev/null 2>&1; i=$((i+1)); done; "
+                                       "exec 3<&-", n)
+                    row = dict(path=f"/dev/neural_network ({name})", batch=batch,
+                               rate=f"{rate * batch:.0f}")
+                    if name == "predict":
+                        perf = g.kv(PERF)
+                        row.update(p50=f"<={perf['latency_p50_us']} us",
+                                   p99=f"<={perf['latency_p99_us']} us",
+                                   note=f"driver histogram, {perf['requests']} requests")
+                    else:
+                        row.update(note="NNRN: same round trip, no inference (not in the "
+                                        "driver's histogram)")
+                    rows.append(row)
         else:
             rows.append(dict(path="/dev/neural_network", note="not present in this driver"))
         # kernel API (nn_bench.ko)
@@ -117,7 +124,7 @@ class Bench(NNTest):
             g.out(f"insmod /lib/modules/nn_bench.ko iterations={N} batch=256 threads=1; "
                   "rmmod nn_bench", timeout=1800)
             for line in g.out("dmesg | grep 'nn_bench:'").splitlines():
-                m = re.search(r"nn_bench: (\w+): .* x (\d+) samples.*p50 (\d+) us, p99 (\d+) us"
+                m = re.search(r"nn_bench: ([\w-]+): .* x (\d+) samples.*p50 (\d+) us, p99 (\d+) us"
                               r".*?(\d+) predictions/s", line)
                 if m:
                     rows.append(dict(path=f"kernel API ({m.group(1)})", batch=int(m.group(2)),

@@ -190,6 +190,12 @@ mkreq NNRQ 3 $in_w 2000 $q1 $q1 $q1 >/tmp/req3
 expect_eq "a batch of 3 samples" "$(devrun /tmp/req3)" "$RS 3 $out_w 1 $q1out $q1out $q1out"
 expect_eq "partial reads" "$(sh -c "exec 3<>$DEV; dd if=/tmp/req1 bs=1M 2>/dev/null >&3; dd bs=5 2>/dev/null <&3" | od -An -t d4 -v | tr -s ' \n' '  ' | sed 's/^ //; s/ $//')" "$RS 1 $out_w 1 $q1out"
 expect_err "read before any write: ENODATA" "No data available" dd if=$DEV bs=64 count=1
+reqs=$(kv $PERF requests)
+mkreq NNRN 3 $in_w 0 $q1 $q1 $q1 >/tmp/null3
+expect_eq "null request (NNRN): header only, out_dim 0" "$(devrun /tmp/null3)" "$RS 3 0 1"
+expect_eq "null requests are not counted in performance" "$(kv $PERF requests)" "$reqs"
+mkreq NNRN 1 $((in_w - 1)) 0 ${q1#* } >/tmp/bad
+expect_err "/dev: null request of the wrong width: EINVAL" "Invalid argument" devwrite /tmp/bad
 mkreq NNRQ 1 $in_w >/tmp/bad; head -c 8 /tmp/req1 >/tmp/bad
 expect_err "/dev: short write: EINVAL" "Invalid argument" devwrite /tmp/bad
 mkreq NNRX 1 $in_w 0 $q1 >/tmp/bad
@@ -250,7 +256,9 @@ if [ -e $BENCH ]; then
     insmod $BENCH ${BENCH_ARGS:-iterations=30 batch=16 threads=$QUEUES}
     expect_eq "nn_bench rc" "$?" "0"
     rmmod nn_bench
-    dmesg | grep 'nn_bench:' | tail -n 2
+    dmesg | grep 'nn_bench:' | tail -n 4
+    expect_eq "nn_bench ran the null requests (neural_api_null)" \
+        "$(dmesg | grep -c 'nn_bench: null-\(single\|batch\): .* predictions/s')" "2"
 fi
 
 echo "== result cache"
