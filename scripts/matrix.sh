@@ -22,6 +22,8 @@
 #   --tests SPEC      test references, relative to the repository (default:
 #                     tests/avocado/test_nn.py), e.g. tests/avocado/test_nn.py:Functional
 #   --results DIR     avocado's job results (default $CACHE/avocado-results)
+#   --parallel N      N guests at a time (default 1; the machines are small
+#                     and shared, and the fault tests have timing windows)
 #
 # Debug cells whose kernel or module is not built are CANCELled by the tests
 # (with the command to build them), never passed. Each job directory holds
@@ -32,7 +34,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-mode=full build_debug=0 filters=() tests="" results="$CACHE/avocado-results"
+mode=full build_debug=0 filters=() tests="" results="$CACHE/avocado-results" parallel=1
 while (($#)); do
     case "$1" in
         --full) mode=full; shift ;;
@@ -42,6 +44,8 @@ while (($#)); do
         --filter) shift; while (($#)) && [[ $1 != --* ]]; do filters+=("$1"); shift; done ;;
         --tests) tests="$2"; shift 2 ;;
         --results) results="$2"; shift 2 ;;
+        --parallel) [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || die "--parallel needs a number of guests"
+                    parallel="$2"; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -69,8 +73,8 @@ case "$mode" in
 esac
 
 mkdir -p "$results"
-# one guest at a time (--max-parallel-tasks 1): the machines are small and shared
-args=(run --max-parallel-tasks 1 --job-results-dir "$results" --disable-sysinfo)
+# one guest at a time unless --parallel: the machines are small and shared
+args=(run --max-parallel-tasks "$parallel" --job-results-dir "$results" --disable-sysinfo)
 # shellcheck disable=SC2206 # several test references may be given
 args+=($tests)
 [[ -n $mux ]] && args+=(-m "$mux")

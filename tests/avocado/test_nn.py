@@ -39,6 +39,7 @@ CACHE_P = "/sys/module/virtio_nn/parameters/cache_ms"
 CONS = "/lib/modules/nn_consumer.ko"
 KO = "/lib/modules/virtio_nn.ko"
 RS_MAGIC = 0x53524E4E
+NULL_MAGIC = 0x4E524E4E
 
 
 def le32_octal(values):
@@ -267,6 +268,11 @@ class Functional(NNTest):
             gen = self.daemon.status()["generation"]
             self.assertEqual(words[:4], [RS_MAGIC, 1, self.out_w, gen], "/dev header")
             self.assertEqual(csv(words[4:]), self.ref(self.q1), "/dev answer")
+            # the null request: the same round trip, header only
+            g.put_words("/tmp/req", [NULL_MAGIC, 2, self.in_w, 0] + self.q1 + self.q1)
+            words = g.out(f"sh -c 'exec 3<>{DEV}; cat /tmp/req >&3; "
+                          f"dd bs=1M count=1 2>/dev/null <&3' | od -An -t d4 -v").split()
+            self.assertEqual([int(x) for x in words], [RS_MAGIC, 2, 0, gen], "/dev null request")
         else:
             self.log.info("no %s: its check skipped", DEV)
         self.check_log()
