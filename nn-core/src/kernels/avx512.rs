@@ -155,42 +155,7 @@ unsafe fn one<const V: usize>(p: &Packed, g0: usize, g1: usize, x: *const i32, y
     }
 }
 
-/// Runs tiles of `S` samples over all groups, `V` groups at a time.
-///
-/// # Safety
-/// As [`layer`], with `n` a multiple of `S`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512vl,avx2")]
-unsafe fn samples<const S: usize, const V: usize>(
-    p: &Packed,
-    g0: usize,
-    g1: usize,
-    x: *const i32,
-    x_stride: usize,
-    n: usize,
-    y: *mut i32,
-) {
-    let mut g = g0;
-    while g + V <= g1 {
-        let w = p.w32.as_ptr().add(g * p.in_dim * GROUP);
-        let b = p.bias.as_ptr().add(g * GROUP);
-        let mut s = 0;
-        while s < n {
-            tile::<S, V>(
-                w,
-                p.in_dim,
-                b,
-                x.add(s * x_stride),
-                x_stride,
-                y.add(s * p.out_pad + g * GROUP),
-                p.out_pad,
-                p.relu,
-            );
-            s += S;
-        }
-        g += V;
-    }
-}
+x86_samples!("avx512f,avx512vl,avx2");
 
 /// Runs a packed layer on `n` samples (see `super::run_layer`).
 ///

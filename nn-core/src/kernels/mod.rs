@@ -48,6 +48,56 @@ use core::str::FromStr;
 use crate::fixed;
 use crate::mlp::{Activation, Layer};
 
+/// Defines, in an x86 kernel module that has a `tile::<S, V>` function,
+/// `samples::<S, V>(p, g0, g1, x, x_stride, n, y)`: runs tiles of `S`
+/// samples over groups `g0..g1`, `V` groups at a time, compiled with the
+/// module's target features so that `tile` inlines.
+///
+/// The generated function's safety contract: as the module's `layer`, with
+/// `n` a multiple of `S` and `g1 - g0` of `V`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_samples {
+    ($features:literal) => {
+        /// Runs tiles of `S` samples over groups `g0..g1`, `V` groups at a
+        /// time (see `x86_samples!`).
+        ///
+        /// # Safety
+        /// As [`layer`], with `n` a multiple of `S` and `g1 - g0` of `V`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn samples<const S: usize, const V: usize>(
+            p: &Packed,
+            g0: usize,
+            g1: usize,
+            x: *const i32,
+            x_stride: usize,
+            n: usize,
+            y: *mut i32,
+        ) {
+            let mut g = g0;
+            while g + V <= g1 {
+                let w = p.w32.as_ptr().add(g * p.in_dim * GROUP);
+                let b = p.bias.as_ptr().add(g * GROUP);
+                let mut s = 0;
+                while s < n {
+                    tile::<S, V>(
+                        w,
+                        p.in_dim,
+                        b,
+                        x.add(s * x_stride),
+                        x_stride,
+                        y.add(s * p.out_pad + g * GROUP),
+                        p.out_pad,
+                        p.relu,
+                    );
+                    s += S;
+                }
+                g += V;
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
