@@ -118,7 +118,10 @@ fn write(
             &deadline,
             CachePolicy::Bypass,
         )?,
-        Op::Null => (KVec::new(), crate::predict::null(&inputs, num_samples, &deadline)?),
+        Op::Null => (
+            KVec::new(),
+            crate::predict::null(&inputs, num_samples, &deadline)?,
+        ),
     };
     let out_dim = outputs.len() / num_samples;
     let mut answer = KVec::with_capacity(HEADER_LEN + 4 * outputs.len(), GFP_KERNEL)?;

@@ -37,6 +37,11 @@ use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, M
 /// How often a config read is retried when the generation changed under it.
 const CONFIG_READ_RETRIES: u32 = 5;
 
+/// How often a request is sent again because a newer model generation of
+/// another output width answered it (each time the model was swapped again
+/// between the config read and the device taking the request).
+const SWAP_RETRIES: u32 = 16;
+
 /// Most request queues the driver uses.
 const MAX_REQ_QUEUES: usize = 64;
 
@@ -191,7 +196,9 @@ impl NnDevice {
     ///
     /// If the model was swapped for one with another output width while the
     /// request was built (the answer comes from a newer generation and does
-    /// not fit), the config is read again and the request sent once more.
+    /// not fit), the config is read again and the request sent again (up to
+    /// [`SWAP_RETRIES`] times, within the deadline: swaps in quick
+    /// succession can overtake a request more than once).
     ///
     /// With [`Op::Null`] the device does the same round trip without
     /// inference: the outputs are empty.
@@ -207,7 +214,7 @@ impl NnDevice {
             return Err(EINVAL);
         }
         let in_dim = inputs.len() / num_samples;
-        let mut retried = false;
+        let mut retries = 0;
         loop {
             let fits = |c: &DeviceConfig| {
                 in_dim == c.input_dim() as usize
@@ -252,7 +259,13 @@ impl NnDevice {
             self.unresponsive.store(false, Ordering::Relaxed);
             match self.check_answer(&done, &cfg, id, num_samples, out_dim)? {
                 Some(outputs) => return Ok(outputs),
-                None if !retried => retried = true,
+                // Swapped again meanwhile: the config is stale, read it
+                // again and resend, while time is left.
+                None if retries < SWAP_RETRIES && deadline.left() > 0 => {
+                    retries += 1;
+                    crate::stats::STATS.resend();
+                }
+                None if retries < SWAP_RETRIES => return Err(etimedout()),
                 None => return Err(EIO),
             }
         }

@@ -21,6 +21,7 @@
 //! latency_p50_us: 512
 //! latency_p90_us: 1024
 //! latency_p99_us: 2048
+//! resends: 0
 //! ```
 //!
 //! `requests` counts successful device requests (a batch is one request of
@@ -29,7 +30,9 @@
 //! requests answered from an expired entry) are not requests; they count in
 //! `model_info`'s `Predictions`. The
 //! latencies are those of successful requests; the percentiles are upper
-//! bounds of their histogram bucket (powers of two). The values are reset
+//! bounds of their histogram bucket (powers of two). `resends` counts
+//! requests sent again because a model of another output width, swapped in
+//! after the request was built, answered them. The values are reset
 //! when the module is loaded.
 
 use core::fmt::{self, Write};
@@ -48,6 +51,7 @@ pub(crate) struct Stats {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     cache_fallbacks: AtomicU64,
+    resends: AtomicU64,
     lat_sum_ns: AtomicU64,
     lat_min_ns: AtomicU64,
     lat_max_ns: AtomicU64,
@@ -67,6 +71,7 @@ impl Stats {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             cache_fallbacks: AtomicU64::new(0),
+            resends: AtomicU64::new(0),
             lat_sum_ns: AtomicU64::new(0),
             lat_min_ns: AtomicU64::new(u64::MAX),
             lat_max_ns: AtomicU64::new(0),
@@ -106,6 +111,11 @@ impl Stats {
         self.cache_fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a request sent again after a model swap overtook it.
+    pub(crate) fn resend(&self) {
+        self.resends.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The `p`-th percentile (upper bound of its bucket, µs), 0 if empty.
     fn percentile(&self, counts: &[u64; BUCKETS], total: u64, p: u64) -> u64 {
         if total == 0 {
@@ -137,7 +147,7 @@ impl Stats {
             w,
             "requests: {}\nsamples: {}\nerrors: {}\ntimeouts: {}\ncache_hits: {}\n\
              cache_misses: {}\ncache_fallbacks: {}\ncache_entries: {}\nlatency_min_us: {}\nlatency_avg_us: {}\nlatency_max_us: {}\n\
-             latency_p50_us: {}\nlatency_p90_us: {}\nlatency_p99_us: {}\n",
+             latency_p50_us: {}\nlatency_p90_us: {}\nlatency_p99_us: {}\nresends: {}\n",
             r(&self.requests),
             r(&self.samples),
             r(&self.errors),
@@ -152,6 +162,7 @@ impl Stats {
             self.percentile(&counts, total, 50),
             self.percentile(&counts, total, 90),
             self.percentile(&counts, total, 99),
+            r(&self.resends),
         )
     }
 }

@@ -22,6 +22,7 @@ cd "$REPO"
 
 log "rustfmt + clippy"
 cargo fmt --all -- --check
+rustfmt --check --edition 2021 guest-driver/virtio_nn_main.rs   # the module and its files
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
 log "unit tests"

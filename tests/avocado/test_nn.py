@@ -417,9 +417,9 @@ class Faults(NNTest):
                 if not ok:
                     bad[f"/dev: {line}"] = n
                 dev_total += n
-        self.log.info("%d /proc and %d /dev answers (%d generations); load->sysfs median "
-                      "%.3f s max %.3f s", total, dev_total, len(gens),
-                      sorted(lat)[len(lat) // 2], max(lat))
+        self.log.info("%d /proc and %d /dev answers (%d generations, %s resends); "
+                      "load->sysfs median %.3f s max %.3f s", total, dev_total, len(gens),
+                      g.kv(PERF).get("resends"), sorted(lat)[len(lat) // 2], max(lat))
         self.whiteboard = f"answers={total + dev_total} swaps={swaps}"
         self.assertEqual(bad, {}, "failed or mixed answers")
         self.assertGreater(total, 4, "the /proc load made (almost) no predictions")
