@@ -6,8 +6,9 @@
 #   --full (default)  tests/avocado/matrix.yaml: queues {1,2,4} x vCPUs {1,2}
 #                     x NN_CORE_KERNEL {auto,scalar} x model {default,large}
 #                     x kernel {plain,debug} = 48 cells, every test
-#                     (Functional + Faults, 10 tests a cell: several hours
-#                     under TCG, most of it in the debug cells)
+#                     (Functional + Faults, 12 tests a cell: 92 min with
+#                     --parallel 2 on 2 cores under TCG, most of it in the
+#                     debug cells)
 #   --smoke           tests/avocado/smoke.yaml: 3 cells (plain q2/smp2/auto/
 #                     default, plain q4/smp1/scalar/large, debug q1/smp2/auto/
 #                     default), every test (about 8 min after the builds);
