@@ -52,6 +52,32 @@ fn deadline(timeout_ms: c_int) -> Result<Deadline> {
     Ok(Deadline::after_ms_or_default(ms))
 }
 
+/// The caller's `num_samples` rows of `in_size` input values, or `EINVAL`
+/// for a NULL pointer, no rows, a width of 0 or sizes above the protocol's
+/// bounds.
+///
+/// # Safety
+///
+/// `input` must be valid for reads of `num_samples * in_size` values for
+/// `'a`.
+unsafe fn input_rows<'a>(
+    input: *const i32,
+    num_samples: usize,
+    in_size: usize,
+) -> Result<&'a [i32]> {
+    if input.is_null()
+        || num_samples == 0
+        || num_samples > crate::protocol::MAX_BATCH as usize
+        || in_size == 0
+        || in_size > crate::protocol::MAX_DIM as usize
+    {
+        return Err(EINVAL);
+    }
+    // SAFETY: Guaranteed by the caller; the bounds above keep the product
+    // small.
+    Ok(unsafe { core::slice::from_raw_parts(input, num_samples * in_size) })
+}
+
 /// Runs `num_samples` rows and copies the outputs to `output` on success.
 ///
 /// # Safety
@@ -66,19 +92,12 @@ unsafe fn run(
     out_size: usize,
     deadline: &Deadline,
 ) -> Result {
-    if input.is_null() || output.is_null() || num_samples == 0 || in_size == 0 || out_size == 0 {
-        return Err(EINVAL);
-    }
-    let n_in = num_samples.checked_mul(in_size).ok_or(EINVAL)?;
-    let n_out = num_samples.checked_mul(out_size).ok_or(EINVAL)?;
-    if in_size > crate::protocol::MAX_DIM as usize
-        || out_size > crate::protocol::MAX_DIM as usize
-        || num_samples > crate::protocol::MAX_BATCH as usize
-    {
+    if output.is_null() || out_size == 0 || out_size > crate::protocol::MAX_DIM as usize {
         return Err(EINVAL);
     }
     // SAFETY: Guaranteed by the caller.
-    let inputs = unsafe { core::slice::from_raw_parts(input, n_in) };
+    let inputs = unsafe { input_rows(input, num_samples, in_size) }?;
+    let n_out = num_samples * out_size;
     let outputs = crate::predict::run(inputs, num_samples, Some((in_size, out_size)), deadline)?;
     if outputs.len() != n_out {
         return Err(EIO);
@@ -149,19 +168,10 @@ pub(crate) extern "C" fn neural_api_null(req: *const NeuralBatchRequest) -> c_in
     let r = unsafe { &*req };
     to_ret((|| {
         let deadline = deadline(r.timeout_ms)?;
-        let (n, width) = (r.num_samples as usize, r.input_size as usize);
-        if r.input_data.is_null()
-            || n == 0
-            || n > crate::protocol::MAX_BATCH as usize
-            || width == 0
-            || width > crate::protocol::MAX_DIM as usize
-        {
-            return Err(EINVAL);
-        }
+        let n = r.num_samples as usize;
         // SAFETY: The caller's buffer holds `num_samples` rows of
-        // `input_size` values (header contract); the bounds above keep the
-        // product small.
-        let inputs = unsafe { core::slice::from_raw_parts(r.input_data, n * width) };
+        // `input_size` values (header contract).
+        let inputs = unsafe { input_rows(r.input_data, n, r.input_size as usize) }?;
         crate::predict::null(inputs, n, &deadline).map(|_| ())
     })())
 }
