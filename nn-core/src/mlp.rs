@@ -177,6 +177,16 @@ impl Layer {
         self.activation
     }
 
+    /// The layer packed for the SIMD kernels.
+    fn pack(&self) -> Packed {
+        Packed::new(
+            self.in_dim,
+            &self.weights,
+            &self.bias,
+            self.activation == Activation::Relu,
+        )
+    }
+
     /// Runs the layer on one sample (`x.len() == in_dim`, `y.len() == out_dim`).
     fn forward(&self, x: &[i32], y: &mut [i32]) {
         for ((yj, row), &b) in y
@@ -298,7 +308,7 @@ impl Mlp {
             self.packed = if kernel == Kernel::Scalar {
                 Vec::new()
             } else {
-                self.layers.iter().map(Packed::new).collect()
+                self.layers.iter().map(Layer::pack).collect()
             };
             self.kernel = kernel;
         }
@@ -464,7 +474,13 @@ impl Mlp {
     /// Index of the largest output of one sample's outputs (the class of a
     /// classifier; the first one on ties).
     pub fn argmax(outputs: &[i32]) -> Option<usize> {
-        kernels::argmax(outputs)
+        let mut best: Option<(usize, i32)> = None;
+        for (i, &v) in outputs.iter().enumerate() {
+            if best.is_none_or(|(_, b)| v > b) {
+                best = Some((i, v));
+            }
+        }
+        best.map(|(i, _)| i)
     }
 
     /// Runs a block of samples on the SIMD kernel, layer by layer.

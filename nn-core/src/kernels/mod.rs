@@ -46,7 +46,6 @@ use core::fmt;
 use core::str::FromStr;
 
 use crate::fixed;
-use crate::mlp::{Activation, Layer};
 
 /// Defines, in an x86 kernel module that has a `tile::<S, V>` function,
 /// `samples::<S, V>(p, g0, g1, x, x_stride, n, y)`: runs tiles of `S`
@@ -249,19 +248,26 @@ pub(crate) struct Packed {
 }
 
 impl Packed {
-    pub(crate) fn new(layer: &Layer) -> Self {
-        let (in_dim, out_dim) = (layer.in_dim(), layer.out_dim());
+    /// Packs one dense layer: `weights` row-major `[out_dim][in_dim]` (as
+    /// [`crate::Layer::weights`]), `bias` one per output, ReLU after the
+    /// layer if `relu`.
+    ///
+    /// # Panics
+    /// If `in_dim` is 0 or `weights.len()` is not `bias.len() * in_dim`.
+    pub(crate) fn new(in_dim: usize, weights: &[i32], bias: &[i32], relu: bool) -> Self {
+        let out_dim = bias.len();
+        assert!(in_dim > 0 && weights.len() == out_dim * in_dim);
         let groups = out_dim.div_ceil(GROUP);
         let out_pad = groups * GROUP;
         let mut w32 = alloc::vec![0i32; groups * in_dim * GROUP];
-        for (j, row) in layer.weights().chunks_exact(in_dim).enumerate() {
+        for (j, row) in weights.chunks_exact(in_dim).enumerate() {
             let (g, lane) = (j / GROUP, j % GROUP);
             for (i, &w) in row.iter().enumerate() {
                 w32[(g * in_dim + i) * GROUP + lane] = w;
             }
         }
-        let mut bias = alloc::vec![0i64; out_pad];
-        for (b, &v) in bias.iter_mut().zip(layer.bias()) {
+        let mut bias_acc = alloc::vec![0i64; out_pad];
+        for (b, &v) in bias_acc.iter_mut().zip(bias) {
             *b = fixed::bias_acc(v);
         }
 
@@ -269,9 +275,9 @@ impl Packed {
             in_dim,
             out_pad,
             groups,
-            relu: layer.activation() == Activation::Relu,
+            relu,
             w32,
-            bias,
+            bias: bias_acc,
         }
     }
 }
@@ -319,16 +325,4 @@ pub(crate) fn run_layer(
         }
         k => panic!("run_layer: {k} is not a SIMD kernel of this build"),
     }
-}
-
-/// Index of the largest value (the first one on ties), e.g. the class a
-/// classifier's outputs vote for; `None` for an empty slice.
-pub fn argmax(values: &[i32]) -> Option<usize> {
-    let mut best: Option<(usize, i32)> = None;
-    for (i, &v) in values.iter().enumerate() {
-        if best.is_none_or(|(_, b)| v > b) {
-            best = Some((i, v));
-        }
-    }
-    best.map(|(i, _)| i)
 }
