@@ -33,11 +33,13 @@
 //! [`Kernel::Auto`] resolves to the fastest kernel the CPU has
 //! ([`Kernel::detect`]): with the `std` feature by run-time CPU detection,
 //! without it by the features enabled at compile time; [`crate::Mlp::new`]
-//! uses it. [`crate::Mlp::with_kernel`] forces a kernel explicitly. The
-//! programs (the daemon, `nn-model`) take the choice from the environment
-//! variable [`ENV_VAR`] (`NN_CORE_KERNEL`: `scalar`, `avx2`, `avx512`, `neon`
-//! or `auto`) or a `--kernel` option, and refuse a kernel the CPU lacks with
-//! a clear error.
+//! uses it. [`crate::Mlp::with_kernel`] forces a kernel explicitly; the
+//! library itself reads no environment. The daemon takes the choice from its
+//! `--kernel` option or, without it, the environment variable [`ENV_VAR`]
+//! (`NN_CORE_KERNEL`: `scalar`, `avx2`, `avx512`, `neon` or `auto`);
+//! `nn-model predict` only from `--kernel` (default `scalar`: the host
+//! reference stays the scalar one whatever kernel the daemon under test was
+//! given). Both refuse a kernel the CPU lacks with a clear error.
 //!
 //! All `unsafe` code of the crate lives in this module's SIMD submodules.
 
@@ -122,8 +124,8 @@ pub(crate) fn block_len(max_width: usize) -> usize {
 
 const BLOCK_WIDE: usize = 64;
 
-/// Name of the environment variable that forces a kernel (read by
-/// [`crate::Mlp::new`] with the `std` feature).
+/// Name of the environment variable that forces the daemon's kernel (its
+/// `--kernel` option's default; nn-core itself does not read it).
 pub const ENV_VAR: &str = "NN_CORE_KERNEL";
 
 /// A compute path.
@@ -197,12 +199,6 @@ impl Kernel {
             k if k.is_supported() => Ok(k),
             k => Err(Unsupported(k)),
         }
-    }
-
-    /// The kernel asked for by `NN_CORE_KERNEL`, if set.
-    #[cfg(feature = "std")]
-    pub fn from_env() -> Option<Result<Kernel, UnknownKernel>> {
-        std::env::var(ENV_VAR).ok().map(|v| v.parse())
     }
 }
 
