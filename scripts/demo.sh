@@ -28,7 +28,7 @@ done
 "$REPO/scripts/build.sh"
 
 if ((!shell)); then
-    exec "$REPO/target/release/nn-demo" "$model"
+    VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" exec "$REPO/target/release/nn-demo" "$model"
 fi
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/virtio-nn-demo.XXXXXX")"

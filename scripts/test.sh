@@ -3,7 +3,9 @@
 #
 # Builds what is missing (see build.sh), then runs:
 #  1. rustfmt and clippy (warnings are errors)
-#  2. the unit tests of every crate (cargo test --workspace)
+#  2. the unit tests of every crate and the daemon's integration tests
+#     (cargo test --workspace; backend/tests drive the daemon binary cargo
+#     just built through a vhost-user test frontend)
 #  3. nn-core without std (no_std + alloc build), and nn-core's tests for
 #     aarch64 under qemu-user (the NEON kernel against the reference)
 #  4. the end-to-end tests: each starts the daemon, boots a QEMU guest with

@@ -1,11 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Test support shared by the unit tests and the fuzz targets (feature
-//! `test-utils`; not part of the daemon).
+//! Test support (feature `test-utils`; not part of the daemon): a small
+//! model and device for the unit tests and the fuzz targets, and, for the
+//! tests that drive the real daemon process over its sockets, a vhost-user
+//! frontend ([`frontend`]) and a process handle ([`daemon`]).
 
 use crate::device::NnDevice;
 use nn_core::fixed::ONE;
 use nn_core::{Activation, Layer, Mlp, Model};
+
+#[cfg(feature = "test-utils")]
+pub mod daemon;
+#[cfg(feature = "test-utils")]
+pub mod frontend;
 
 /// A 3 -> 2 (ReLU) -> 2 (identity) model with small whole-number weights,
 /// small enough to check answers by hand.

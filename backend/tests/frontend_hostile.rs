@@ -5,8 +5,8 @@
 //! specific response status or a used entry of length 0; after every one, a
 //! good request on the same queue must still be answered bit-exactly.
 //!
-//! Needs the daemon binary: `cargo build -p vhost-user-nn` (or set
-//! `VIRTIO_NN_DAEMON`).
+//! The daemon is the binary cargo built for this test run (see
+//! `common/mod.rs`).
 
 use std::time::Duration;
 
@@ -16,8 +16,11 @@ use nn_core::protocol::{
     STATUS_UNSUPPORTED,
 };
 use nn_core::Model;
-use virtio_nn_tests::frontend::{Frontend, RawDesc, F_INDIRECT, F_NEXT, F_WRITE};
-use virtio_nn_tests::{default_model, Daemon};
+use vhost_user_nn::testing::daemon::Daemon;
+use vhost_user_nn::testing::frontend::{Frontend, Options, RawDesc, F_INDIRECT, F_NEXT, F_WRITE};
+
+mod common;
+use common::default_model;
 
 /// How long a hostile chain may take to come back (it comes back at once
 /// or never: the timeout only bounds a failure).
@@ -43,10 +46,11 @@ struct Env {
 
 fn setup(queues: u32) -> Env {
     let model = Model::load(&default_model()).expect("default model loads");
-    let daemon = Daemon::builder(&default_model())
+    let daemon = common::daemon()
+        .model(default_model())
         .queues(queues)
         .start()
-        .expect("daemon starts (build it with `cargo build -p vhost-user-nn`)");
+        .expect("daemon starts");
     let fe = Frontend::connect(daemon.socket(), queues as usize).expect("frontend connects");
     Env {
         daemon,
@@ -957,10 +961,14 @@ fn config_space_is_valid_and_describes_the_model() {
 fn good_requests_on_every_queue_with_and_without_event_idx() {
     for event_idx in [true, false] {
         let model = Model::load(&default_model()).unwrap();
-        let daemon = Daemon::builder(&default_model()).queues(4).start().unwrap();
-        let fe = virtio_nn_tests::frontend::Frontend::connect_with(
+        let daemon = common::daemon()
+            .model(default_model())
+            .queues(4)
+            .start()
+            .unwrap();
+        let fe = Frontend::connect_with(
             daemon.socket(),
-            virtio_nn_tests::frontend::Options {
+            Options {
                 queues: 4,
                 event_idx,
                 ..Default::default()

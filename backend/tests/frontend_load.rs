@@ -7,8 +7,8 @@
 //! Every request must be answered, and every answer must be exactly what the
 //! model of the generation it names computes.
 //!
-//! Needs the daemon binary: `cargo build -p vhost-user-nn` (or set
-//! `VIRTIO_NN_DAEMON`).
+//! The daemon is the binary cargo built for this test run (see
+//! `common/mod.rs`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use nn_core::protocol::{RequestHeader, EVENT_CONFIG_CHANGED, STATUS_BAD_DIMS, STATUS_OK};
 use nn_core::{Activation, Layer, Mlp, Model};
 use serde_json::json;
-use virtio_nn_tests::frontend::{Frontend, Options, TIMEOUT};
-use virtio_nn_tests::Daemon;
+use vhost_user_nn::testing::frontend::{Frontend, Options, TIMEOUT};
+
+mod common;
 
 const QUEUES: usize = 4;
 const SWAPS: usize = 200;
@@ -88,11 +89,12 @@ fn four_queues_under_200_hot_swaps_lose_nothing_and_answer_per_generation() {
         .zip(&models)
         .map(|(n, m)| write_model(dir.path(), &format!("{n}.safetensors"), m))
         .collect();
-    let daemon = Daemon::builder(&paths[0])
+    let daemon = common::daemon()
+        .model(&paths[0])
         .queues(QUEUES as u32)
         .admin()
         .start()
-        .expect("daemon starts (build it with `cargo build -p vhost-user-nn`)");
+        .expect("daemon starts");
     let admin = daemon.admin_socket().unwrap().to_path_buf();
     let fe = Frontend::connect_with(
         daemon.socket(),

@@ -7,8 +7,9 @@
 //!
 //! Nothing here builds anything: `scripts/test.sh` and `scripts/demo.sh`
 //! build the daemon, the guest kernel, the module and the initramfs first.
-//! Paths can be overridden with `VIRTIO_NN_DAEMON` (daemon binary) and the
-//! variables `scripts/lib.sh` reads (`VIRTIO_NN_CACHE`).
+//! The daemon binary is `$VIRTIO_NN_DAEMON` (required, see [`daemon_bin`]);
+//! other paths can be overridden with the variables `scripts/lib.sh` reads
+//! (`VIRTIO_NN_CACHE`).
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use nn_core::{fixed, Model};
 
-pub mod frontend;
+pub use vhost_user_nn::testing::daemon::{Daemon, DaemonBuilder};
 
 /// How long a guest may take to boot to its shell under TCG.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -39,157 +40,32 @@ pub fn default_model() -> PathBuf {
     repo().join("weights/default.safetensors")
 }
 
-/// The daemon binary: `$VIRTIO_NN_DAEMON`, else the newer of the release and
-/// debug builds.
+/// The daemon binary: `$VIRTIO_NN_DAEMON`, which must be set (to an
+/// existing file). Nothing is guessed: cargo does not build the daemon for
+/// this crate, so a binary found in target/ could be stale. (The tests that
+/// need no guest live in backend/tests and run the binary cargo built.)
 pub fn daemon_bin() -> io::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VIRTIO_NN_DAEMON") {
-        return Ok(p.into());
+    let Some(p) = std::env::var_os("VIRTIO_NN_DAEMON") else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "VIRTIO_NN_DAEMON is not set: point it at the vhost-user-nn binary to test \
+             (scripts/test.sh and scripts/demo.sh set it to target/release/vhost-user-nn \
+             after building it)",
+        ));
+    };
+    let p = PathBuf::from(p);
+    if !p.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("VIRTIO_NN_DAEMON={}: no such file", p.display()),
+        ));
     }
-    ["release", "debug"]
-        .iter()
-        .map(|p| repo().join("target").join(p).join("vhost-user-nn"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .max()
-        .map(|(_, p)| p)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "vhost-user-nn is not built: run scripts/test.sh (or cargo build -p vhost-user-nn)",
-            )
-        })
+    Ok(p)
 }
 
-/// A running daemon; killed when dropped.
-pub struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    admin: Option<PathBuf>,
-    _dir: tempfile::TempDir,
-}
-
-/// Options of a [`Daemon`] to start: `Daemon::builder(model).queues(4).admin().start()`.
-pub struct DaemonBuilder {
-    model: PathBuf,
-    queues: Option<u32>,
-    admin: bool,
-    args: Vec<std::ffi::OsString>,
-}
-
-impl DaemonBuilder {
-    /// `--queues n`.
-    pub fn queues(mut self, n: u32) -> Self {
-        self.queues = Some(n);
-        self
-    }
-
-    /// `--admin-socket` in the daemon's temporary directory (see
-    /// [`Daemon::admin_socket`]).
-    pub fn admin(mut self) -> Self {
-        self.admin = true;
-        self
-    }
-
-    /// Any other argument.
-    pub fn arg(mut self, arg: impl Into<std::ffi::OsString>) -> Self {
-        self.args.push(arg.into());
-        self
-    }
-
-    /// Starts the daemon and waits until its sockets exist.
-    pub fn start(self) -> io::Result<Daemon> {
-        Daemon::spawn(self)
-    }
-}
-
-impl Daemon {
-    /// Starts the daemon on a fresh socket and waits until it listens.
-    pub fn start(model: &Path) -> io::Result<Self> {
-        Self::builder(model).start()
-    }
-
-    /// A daemon with more options (queues, admin socket, extra arguments).
-    pub fn builder(model: &Path) -> DaemonBuilder {
-        DaemonBuilder {
-            model: model.to_path_buf(),
-            queues: None,
-            admin: false,
-            args: Vec::new(),
-        }
-    }
-
-    fn spawn(b: DaemonBuilder) -> io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("virtio-nn-").tempdir()?;
-        let socket = dir.path().join("nn.sock");
-        let admin = b.admin.then(|| dir.path().join("admin.sock"));
-        let log = std::fs::File::create(dir.path().join("daemon.log"))?;
-        let mut cmd = Command::new(daemon_bin()?);
-        cmd.arg("--socket-path")
-            .arg(&socket)
-            .arg("--model")
-            .arg(&b.model);
-        if let Some(q) = b.queues {
-            cmd.arg("--queues").arg(q.to_string());
-        }
-        if let Some(a) = &admin {
-            cmd.arg("--admin-socket").arg(a);
-        }
-        let child = cmd
-            .args(&b.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let mut d = Daemon {
-            child,
-            socket,
-            admin,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.socket.exists() || d.admin.as_ref().is_some_and(|a| !a.exists()) {
-            if let Some(status) = d.child.try_wait()? {
-                return Err(io::Error::other(format!(
-                    "daemon exited with {status}: {}",
-                    d.log()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other("daemon did not create its socket"));
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(d)
-    }
-
-    /// The admin socket, if the daemon was started with one.
-    pub fn admin_socket(&self) -> Option<&Path> {
-        self.admin.as_deref()
-    }
-
-    /// The vhost-user socket.
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// What the daemon logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// `true` while the process runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A daemon to start from [`daemon_bin`], serving `model`.
+pub fn daemon(model: &Path) -> io::Result<DaemonBuilder> {
+    Ok(Daemon::builder(daemon_bin()?).model(model))
 }
 
 type Console = Arc<(Mutex<Vec<u8>>, Condvar)>;

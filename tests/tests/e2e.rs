@@ -6,14 +6,18 @@
 //! `scripts/test.sh` builds everything and runs them with `--ignored`.
 
 use nn_core::Model;
-use virtio_nn_tests::{csv, default_model, parse_csv, reference_int, reference_q16, Daemon, Guest};
+use virtio_nn_tests::{
+    csv, daemon, default_model, parse_csv, reference_int, reference_q16, Daemon, Guest,
+};
 
 const PREDICT: &str = "/proc/neural_network/predict";
 const PREDICT_Q16: &str = "/proc/neural_network/predict_q16";
 
 fn setup() -> (Model, Daemon, Guest) {
     let model = Model::load(&default_model()).expect("default model loads");
-    let daemon = Daemon::start(&default_model()).expect("daemon starts");
+    let daemon = daemon(&default_model())
+        .and_then(|d| d.start())
+        .expect("daemon starts ($VIRTIO_NN_DAEMON)");
     let guest = Guest::boot(&daemon).expect("guest boots");
     (model, daemon, guest)
 }

@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use nn_core::Model;
-use virtio_nn_tests::{csv, default_model, parse_csv, reference_int, reference_q16, Daemon, Guest};
+use virtio_nn_tests::{csv, daemon, default_model, parse_csv, reference_int, reference_q16, Guest};
 
 fn run() -> Result<bool, String> {
     let model_path = std::env::args_os()
@@ -20,7 +20,9 @@ fn run() -> Result<bool, String> {
     let input: Vec<i32> = (1..=model.mlp.input_dim() as i32).collect();
 
     println!("model:  {} ({:?})", model_path.display(), model.mlp.dims());
-    let daemon = Daemon::start(&model_path).map_err(|e| format!("daemon: {e}"))?;
+    let daemon = daemon(&model_path)
+        .and_then(|d| d.start())
+        .map_err(|e| format!("daemon: {e}"))?;
     println!("daemon: listening on {}", daemon.socket().display());
     let mut guest = Guest::boot(&daemon).map_err(|e| format!("guest: {e}"))?;
     println!("guest:  booted, virtio_nn loaded\n");

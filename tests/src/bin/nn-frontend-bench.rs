@@ -16,8 +16,9 @@
 //!
 //! Usage: `nn-frontend-bench [--model FILE] [--secs S] [--depth N]
 //! [--reps N] [--spin-us N]`; the
-//! daemon is `$VIRTIO_NN_DAEMON` or target/{release,debug}/vhost-user-nn
-//! (build the release one first: `cargo build --release -p vhost-user-nn`).
+//! daemon is `$VIRTIO_NN_DAEMON`, which must be set (build it first, e.g.
+//! `cargo build --release -p vhost-user-nn` and
+//! `VIRTIO_NN_DAEMON=target/release/vhost-user-nn`).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -25,8 +26,9 @@ use std::time::{Duration, Instant};
 
 use nn_core::protocol::{RequestHeader, OP_NULL, OP_PREDICT, STATUS_OK};
 use nn_core::Model;
-use virtio_nn_tests::frontend::{Frontend, Options, TIMEOUT};
-use virtio_nn_tests::{daemon_bin, default_model, Daemon};
+use vhost_user_nn::testing::daemon::Daemon;
+use vhost_user_nn::testing::frontend::{Frontend, Options, TIMEOUT};
+use virtio_nn_tests::{daemon_bin, default_model};
 
 struct Args {
     model: PathBuf,
@@ -180,8 +182,12 @@ fn main() {
     let (in_dim, out_dim) = (model.mlp.input_dim(), model.mlp.output_dim());
     // Only warnings from the daemon: its per-request debug logs stay off.
     std::env::set_var("RUST_LOG", "warn");
-    let bin = daemon_bin().expect("daemon binary");
-    let daemon = Daemon::builder(&a.model)
+    let bin = daemon_bin().unwrap_or_else(|e| {
+        eprintln!("nn-frontend-bench: {e}");
+        std::process::exit(2)
+    });
+    let daemon = Daemon::builder(&bin)
+        .model(&a.model)
         .queues(4)
         .start()
         .expect("daemon starts");
