@@ -19,6 +19,11 @@
 //!   malformed file.
 //! * [`protocol`]: the device's wire protocol (config space, request and
 //!   response layouts, status codes), shared verbatim with the guest driver.
+//! * [`proc_text`] and [`dev_abi`]: the guest driver's user interfaces (the
+//!   `/proc/neural_network` text format, the `/dev/neural_network` binary
+//!   layout), also shared verbatim with the guest driver.
+//! * `abi` (feature `std`): those definitions as JSON for the scripts and
+//!   Python tests (`nn-model abi`).
 //!
 //! The crate is `no_std` + `alloc` without its default `std` feature (the
 //! kernels are then chosen by the target features enabled at compile time).
@@ -32,12 +37,16 @@
 
 extern crate alloc;
 
+#[cfg(feature = "std")]
+pub mod abi;
+pub mod dev_abi;
 pub mod fixed;
 #[cfg(feature = "import")]
 pub mod import;
 pub mod kernels;
 pub mod mlp;
 pub mod model;
+pub mod proc_text;
 pub mod protocol;
 
 pub use kernels::Kernel;

@@ -6,16 +6,22 @@
 //! the guest's answers with: it runs nn-core's scalar reference (unless
 //! `--kernel` says otherwise; every kernel gives the same bits).
 //!
+//! Its `--input` and its output are the text of `/proc/neural_network/predict`
+//! (or `predict_q16` with `--q16`), read and written by the driver's own
+//! code, `nn_core::proc_text`.
+//!
 //! `import-safetensors` and `import-onnx` quantize a float model (a PyTorch
 //! `state_dict` saved as safetensors, or an ONNX MLP) to a model file and
 //! report the largest quantization error; `eval` measures a classifier's
-//! accuracy on a CSV test set.
+//! accuracy on a CSV test set. `abi` prints the guest-facing definitions
+//! (device id, `/dev` and `/proc` formats) as JSON for the scripts.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nn_core::import::{self, ImportError, QuantReport};
+use nn_core::proc_text::{self, Format};
 use nn_core::{fixed, Kernel, Mlp, Model};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -50,11 +56,13 @@ enum Cmd {
         /// Model file.
         model: PathBuf,
     },
-    /// Runs the scalar reference on one sample and prints the outputs.
+    /// Runs the scalar reference on one sample and prints the outputs, as
+    /// /proc/neural_network/predict (or predict_q16) does.
     Predict {
         /// Model file.
         model: PathBuf,
-        /// Comma-separated inputs: whole numbers, or raw Q16.16 with --q16.
+        /// Comma-separated inputs: whole numbers, or raw Q16.16 with --q16
+        /// (what a write to the /proc file may hold).
         #[arg(long, allow_hyphen_values = true)]
         input: String,
         /// Inputs and outputs are raw Q16.16 integers (as /proc/neural_network/predict_q16);
@@ -113,6 +121,10 @@ enum Cmd {
         #[arg(long)]
         q16: bool,
     },
+    /// Prints the guest-facing definitions as JSON: the virtio device id,
+    /// the /dev/neural_network magics and header layout, the /proc limits
+    /// (what tests/avocado/nnlib.py reads instead of keeping copies).
+    Abi,
 }
 
 fn import_name(name: Option<String>, input: &std::path::Path) -> String {
@@ -188,22 +200,20 @@ fn generate(dims: &[usize], seed: u64, name: &str) -> Result<Model, String> {
     Ok(Model::new(mlp, name))
 }
 
-fn parse_inputs(s: &str, q16: bool) -> Result<Vec<i32>, String> {
-    s.split(',')
-        .map(|t| {
-            let t = t.trim();
-            let v: i32 = t.parse().map_err(|_| format!("`{t}` is not an i32"))?;
-            if q16 {
-                Ok(v)
-            } else {
-                fixed::from_int(v).ok_or_else(|| format!("{v} does not fit in Q16.16"))
-            }
-        })
-        .collect()
+/// Parses `--input` as a write to the /proc file of `format`.
+fn parse_inputs(s: &str, format: Format) -> Result<Vec<i32>, String> {
+    let mut x = vec![0; proc_text::count_fields(s.as_bytes())];
+    proc_text::parse_values(s.as_bytes(), format, &mut x)
+        .map_err(|e| format!("--input `{s}`: {e}"))?;
+    Ok(x)
 }
 
-fn join(v: impl Iterator<Item = i32>) -> String {
-    v.map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+/// The text a read of the /proc file of `format` returns for `y`.
+fn format_outputs(y: &[i32], format: Format) -> String {
+    let mut out = vec![0u8; proc_text::formatted_len(y.len())];
+    let len = proc_text::format_values(y, format, &mut out);
+    out.truncate(len);
+    String::from_utf8(out).expect("decimal digits")
 }
 
 fn run(cli: Cli) -> Result<(), String> {
@@ -304,14 +314,12 @@ fn run(cli: Cli) -> Result<(), String> {
         } => {
             let m = Model::load(&model).map_err(|e| e.to_string())?;
             let mlp = m.mlp.with_kernel(kernel).map_err(|e| e.to_string())?;
-            let x = parse_inputs(&input, q16)?;
+            let format = if q16 { Format::Q16 } else { Format::Whole };
+            let x = parse_inputs(&input, format)?;
             let y = mlp.predict(&x).map_err(|e| e.to_string())?;
-            if q16 {
-                println!("{}", join(y.into_iter()));
-            } else {
-                println!("{}", join(y.into_iter().map(fixed::to_int)));
-            }
+            print!("{}", format_outputs(&y, format));
         }
+        Cmd::Abi => print!("{}", nn_core::abi::json()),
     }
     Ok(())
 }
@@ -323,5 +331,28 @@ fn main() -> ExitCode {
             eprintln!("nn-model: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn predict_reads_and_prints_the_proc_format() {
+        // What a write to /proc/neural_network/predict may hold, signs and
+        // spaces included; the same limits.
+        assert_eq!(
+            parse_inputs(" +1, -2 ,3\n", Format::Whole).unwrap(),
+            [1 << 16, -2 << 16, 3 << 16]
+        );
+        assert!(parse_inputs("40000", Format::Whole).is_err());
+        assert!(parse_inputs("1,,2", Format::Q16).is_err());
+        assert_eq!(parse_inputs("40000", Format::Q16).unwrap(), [40000]);
+        assert_eq!(format_outputs(&[-0x8000, 3 << 16], Format::Whole), "-1,3\n");
+        assert_eq!(
+            format_outputs(&[-0x8000, 3 << 16], Format::Q16),
+            "-32768,196608\n"
+        );
     }
 }
