@@ -7,7 +7,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{Packed, GROUP};
+use super::{check_layer, Packed, GROUP};
 
 /// Whether the CPU runs this kernel.
 pub(super) fn supported() -> bool {
@@ -22,12 +22,9 @@ pub(super) fn supported() -> bool {
 }
 
 /// `sat32(round16(acc))` on 4 lanes, still as `i64` lanes.
-///
-/// # Safety
-/// The CPU has AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn round_sat(acc: __m256i) -> __m256i {
+fn round_sat(acc: __m256i) -> __m256i {
     let t = _mm256_add_epi64(acc, _mm256_set1_epi64x(1 << 15));
     // Arithmetic shift right by 16: logical shift, then the top 16 bits set
     // for negative values.
@@ -40,12 +37,9 @@ unsafe fn round_sat(acc: __m256i) -> __m256i {
 }
 
 /// Packs the low 32 bits of two vectors of 4 `i64` lanes into 8 `i32`.
-///
-/// # Safety
-/// The CPU has AVX2.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn narrow(lo: __m256i, hi: __m256i) -> __m256i {
+fn narrow(lo: __m256i, hi: __m256i) -> __m256i {
     let idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     let a = _mm256_permutevar8x32_epi32(lo, idx);
     let b = _mm256_permutevar8x32_epi32(hi, idx);
@@ -74,8 +68,15 @@ unsafe fn tile<const S: usize, const V: usize>(
 ) {
     let mut acc = [[[_mm256_setzero_si256(); 2]; V]; S];
     for v in 0..V {
-        let b0 = _mm256_loadu_si256(bias.add(v * GROUP).cast());
-        let b1 = _mm256_loadu_si256(bias.add(v * GROUP + 4).cast());
+        // SAFETY: `bias` has `V * 8` readable values (the caller's contract):
+        // these are the 8 of group `v < V`.
+        let (b0, b1) = unsafe {
+            let b = bias.add(v * GROUP);
+            (
+                _mm256_loadu_si256(b.cast()),
+                _mm256_loadu_si256(b.add(4).cast()),
+            )
+        };
         for a in acc.iter_mut() {
             a[v] = [b0, b1];
         }
@@ -83,15 +84,21 @@ unsafe fn tile<const S: usize, const V: usize>(
     for i in 0..in_dim {
         let mut wv = [[_mm256_setzero_si256(); 2]; V];
         for (v, wv) in wv.iter_mut().enumerate() {
-            let p = w.add((v * in_dim + i) * GROUP);
-            *wv = [
-                _mm256_cvtepi32_epi64(_mm_loadu_si128(p.cast())),
-                _mm256_cvtepi32_epi64(_mm_loadu_si128(p.add(4).cast())),
-            ];
+            // SAFETY: `w` has `V` groups of `in_dim * 8` readable values (the
+            // caller's contract): these are the 8 of input `i < in_dim` in
+            // group `v < V`.
+            let (lo, hi) = unsafe {
+                let p = w.add((v * in_dim + i) * GROUP);
+                (_mm_loadu_si128(p.cast()), _mm_loadu_si128(p.add(4).cast()))
+            };
+            *wv = [_mm256_cvtepi32_epi64(lo), _mm256_cvtepi32_epi64(hi)];
         }
         for (s, a) in acc.iter_mut().enumerate() {
+            // SAFETY: row `s < S` of `x` has `in_dim` readable values (the
+            // caller's contract), and `i < in_dim`.
+            let xi = unsafe { *x.add(s * x_stride + i) };
             // x in the low half of every 64-bit lane for vpmuldq.
-            let xs = _mm256_set1_epi32(*x.add(s * x_stride + i));
+            let xs = _mm256_set1_epi32(xi);
             for v in 0..V {
                 a[v][0] = _mm256_add_epi64(a[v][0], _mm256_mul_epi32(wv[v][0], xs));
                 a[v][1] = _mm256_add_epi64(a[v][1], _mm256_mul_epi32(wv[v][1], xs));
@@ -105,7 +112,9 @@ unsafe fn tile<const S: usize, const V: usize>(
             if relu {
                 o = _mm256_max_epi32(o, zero);
             }
-            _mm256_storeu_si256(y.add(s * y_stride + v * GROUP).cast(), o);
+            // SAFETY: row `s < S` of `y` has `V * 8` writable values (the
+            // caller's contract): these are the 8 of group `v < V`.
+            unsafe { _mm256_storeu_si256(y.add(s * y_stride + v * GROUP).cast(), o) };
         }
     }
 }
@@ -114,24 +123,35 @@ x86_samples!("avx2");
 
 /// Runs a packed layer on `n` samples (see `super::run_layer`).
 ///
-/// # Safety
-/// The CPU has AVX2; `p.w32` is packed; `x` has `n` rows of stride
-/// `x_stride` with `p.in_dim` readable values; `y` has room for
-/// `n * p.out_pad` values.
+/// Safe to call where AVX2 is enabled (a caller without it needs `unsafe`
+/// and a run-time check that the CPU has it): the sizes are checked here.
+///
+/// # Panics
+/// As [`check_layer`].
 #[target_feature(enable = "avx2")]
-pub(super) unsafe fn layer(p: &Packed, x: *const i32, x_stride: usize, n: usize, y: *mut i32) {
+pub(super) fn layer(p: &Packed, x: &[i32], x_stride: usize, n: usize, y: &mut [i32]) {
+    check_layer(p, x, x_stride, n, y);
+    let (x, y) = (x.as_ptr(), y.as_mut_ptr());
     let groups = p.groups;
     // Tiles of 4 samples x 1 group: 8 accumulators + 2 weights + 1 input of
     // the 16 ymm registers.
     let full = n / 4 * 4;
     if full > 0 {
-        samples::<4, 1>(p, 0, groups, x, x_stride, full, y);
+        // SAFETY: `x`, `y` and `p` have the sizes `samples` needs (checked
+        // above), `full` is a multiple of 4 and `groups - 0` of 1.
+        unsafe { samples::<4, 1>(p, 0, groups, x, x_stride, full, y) };
     }
     let rest = n - full;
     if rest > 0 {
-        let (x, y) = (x.add(full * x_stride), y.add(full * p.out_pad));
         let g2 = groups / 2 * 2;
-        samples::<1, 2>(p, 0, g2, x, x_stride, rest, y);
-        samples::<1, 1>(p, g2, groups, x, x_stride, rest, y);
+        // SAFETY: the `rest` rows after the first `full` rows of `x` and `y`
+        // (checked above) are rows `full..n`, so the offsets stay inside and
+        // `samples` gets `rest` rows of the sizes it needs; `rest` is a
+        // multiple of 1, `g2` of 2 and `groups - g2` of 1.
+        unsafe {
+            let (x, y) = (x.add(full * x_stride), y.add(full * p.out_pad));
+            samples::<1, 2>(p, 0, g2, x, x_stride, rest, y);
+            samples::<1, 1>(p, g2, groups, x, x_stride, rest, y);
+        }
     }
 }

@@ -42,6 +42,14 @@
 //! given). Both refuse a kernel the CPU lacks with a clear error.
 //!
 //! All `unsafe` code of the crate lives in this module's SIMD submodules.
+//! Their entry points (`layer`) are safe functions compiled with the
+//! kernel's `#[target_feature]`s that check their slices' sizes once, so the
+//! one `unsafe` left to `run_layer` is that the CPU has those features; the
+//! inner loops (`samples`, `tile`) take raw pointers and are `unsafe fn`s
+//! whose contracts `layer` meets. The register-only helpers are safe
+//! `#[target_feature]` functions: since Rust 1.87 the `core::arch`
+//! intrinsics that take no pointer are safe to call where their features
+//! are enabled.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -54,8 +62,11 @@ use crate::fixed;
 /// samples over groups `g0..g1`, `V` groups at a time, compiled with the
 /// module's target features so that `tile` inlines.
 ///
-/// The generated function's safety contract: as the module's `layer`, with
-/// `n` a multiple of `S` and `g1 - g0` of `V`.
+/// The generated function's safety contract: the CPU has the features; `p`
+/// has the sizes [`check_layer`] checks; `x` has `n` rows of stride
+/// `x_stride` with `p.in_dim` readable values and `y` `n` rows of
+/// `p.out_pad` writable values (as `check_layer` checks for slices);
+/// `g1 <= p.groups`; `n` is a multiple of `S`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_samples {
     ($features:literal) => {
@@ -63,7 +74,9 @@ macro_rules! x86_samples {
         /// time (see `x86_samples!`).
         ///
         /// # Safety
-        /// As [`layer`], with `n` a multiple of `S` and `g1 - g0` of `V`.
+        /// See `x86_samples!`: the CPU has the module's features; `p`, `x`
+        /// and `y` have the sizes of `n` rows; `g1 <= p.groups`; `n` is a
+        /// multiple of `S`.
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn samples<const S: usize, const V: usize>(
@@ -77,20 +90,27 @@ macro_rules! x86_samples {
         ) {
             let mut g = g0;
             while g + V <= g1 {
-                let w = p.w32.as_ptr().add(g * p.in_dim * GROUP);
-                let b = p.bias.as_ptr().add(g * GROUP);
                 let mut s = 0;
                 while s < n {
-                    tile::<S, V>(
-                        w,
-                        p.in_dim,
-                        b,
-                        x.add(s * x_stride),
-                        x_stride,
-                        y.add(s * p.out_pad + g * GROUP),
-                        p.out_pad,
-                        p.relu,
-                    );
+                    // SAFETY: groups `g..g + V` exist (`g + V <= g1 <=
+                    // p.groups`): `w` and `b` point to their `V * in_dim * 8`
+                    // weights and `V * 8` biases. Rows `s..s + S` exist
+                    // (`s + S <= n`, `n` a multiple of `S`): `x + s *
+                    // x_stride` points to `S` rows of `in_dim` values, and
+                    // `y + s * out_pad + g * 8` to `S` rows with `V * 8`
+                    // writable values each (`(g + V) * 8 <= out_pad`).
+                    unsafe {
+                        tile::<S, V>(
+                            p.w32.as_ptr().add(g * p.in_dim * GROUP),
+                            p.in_dim,
+                            p.bias.as_ptr().add(g * GROUP),
+                            x.add(s * x_stride),
+                            x_stride,
+                            y.add(s * p.out_pad + g * GROUP),
+                            p.out_pad,
+                            p.relu,
+                        );
+                    }
                     s += S;
                 }
                 g += V;
@@ -278,6 +298,23 @@ impl Packed {
     }
 }
 
+/// Checks the sizes every kernel's `layer` relies on before it reads and
+/// writes through raw pointers: `p`'s packed weights and biases, `n >= 1`
+/// rows of `x` (stride `x_stride`, `p.in_dim` values each) and of `y`
+/// (`p.out_pad` values each).
+///
+/// # Panics
+/// If one of them is wrong (internal invariants, checked per call, not per
+/// sample).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn check_layer(p: &Packed, x: &[i32], x_stride: usize, n: usize, y: &[i32]) {
+    assert!(p.in_dim > 0 && p.out_pad == p.groups * GROUP);
+    assert!(p.w32.len() == p.groups * p.in_dim * GROUP && p.bias.len() == p.out_pad);
+    assert!(n >= 1 && x_stride >= p.in_dim);
+    assert!(x.len() >= (n - 1) * x_stride + p.in_dim);
+    assert!(y.len() >= n * p.out_pad);
+}
+
 /// Runs one packed layer on `n` samples.
 ///
 /// `x` holds sample `s` at `x[s * x_stride..][..in_dim]`; `y` receives sample
@@ -285,8 +322,9 @@ impl Packed {
 /// unspecified, and never read).
 ///
 /// # Panics
-/// If the slices are too short, or `kernel` is not a supported SIMD kernel
-/// (both are internal invariants, checked per call, not per sample).
+/// If the slices are too short (see `check_layer`), or `kernel` is not a
+/// supported SIMD kernel (both are internal invariants, checked per call,
+/// not per sample).
 pub(crate) fn run_layer(
     kernel: Kernel,
     p: &Packed,
@@ -295,29 +333,26 @@ pub(crate) fn run_layer(
     n: usize,
     y: &mut [i32],
 ) {
-    assert!(n >= 1 && x_stride >= p.in_dim);
-    assert!(x.len() >= (n - 1) * x_stride + p.in_dim);
-    assert!(y.len() >= n * p.out_pad);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 => {
-            assert!(avx512::supported() && p.w32.len() == p.groups * p.in_dim * GROUP);
-            // SAFETY: the CPU has the kernel's features (checked above), the
-            // packed weights have the documented size, and the slices hold
-            // `n` rows of the sizes the kernel reads and writes (asserted).
-            unsafe { avx512::layer(p, x.as_ptr(), x_stride, n, y.as_mut_ptr()) }
+            assert!(avx512::supported());
+            // SAFETY: the CPU has the features `layer` is compiled for
+            // (checked above), the only requirement of calling it from here;
+            // it checks the slices' sizes itself.
+            unsafe { avx512::layer(p, x, x_stride, n, y) }
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
-            assert!(avx2::supported() && p.w32.len() == p.groups * p.in_dim * GROUP);
+            assert!(avx2::supported());
             // SAFETY: as for AVX-512 above.
-            unsafe { avx2::layer(p, x.as_ptr(), x_stride, n, y.as_mut_ptr()) }
+            unsafe { avx2::layer(p, x, x_stride, n, y) }
         }
         #[cfg(target_arch = "aarch64")]
         Kernel::Neon => {
-            assert!(neon::supported() && p.w32.len() == p.groups * p.in_dim * GROUP);
+            assert!(neon::supported());
             // SAFETY: as for AVX-512 above.
-            unsafe { neon::layer(p, x.as_ptr(), x_stride, n, y.as_mut_ptr()) }
+            unsafe { neon::layer(p, x, x_stride, n, y) }
         }
         k => panic!("run_layer: {k} is not a SIMD kernel of this build"),
     }

@@ -7,7 +7,7 @@
 
 use core::arch::aarch64::*;
 
-use super::{Packed, GROUP};
+use super::{check_layer, Packed, GROUP};
 
 /// Whether the CPU runs this kernel.
 pub(super) fn supported() -> bool {
@@ -41,18 +41,24 @@ unsafe fn tile<const S: usize>(
     y_stride: usize,
     relu: bool,
 ) {
-    let b = [
-        vld1q_s64(bias),
-        vld1q_s64(bias.add(2)),
-        vld1q_s64(bias.add(4)),
-        vld1q_s64(bias.add(6)),
-    ];
+    // SAFETY: `bias` has 8 readable values (the caller's contract).
+    let b = unsafe {
+        [
+            vld1q_s64(bias),
+            vld1q_s64(bias.add(2)),
+            vld1q_s64(bias.add(4)),
+            vld1q_s64(bias.add(6)),
+        ]
+    };
     let mut acc = [b; S];
     for i in 0..in_dim {
-        let w0 = vld1q_s32(w.add(i * GROUP));
-        let w1 = vld1q_s32(w.add(i * GROUP + 4));
+        // SAFETY: `w` has `in_dim * 8` readable values (the caller's
+        // contract): these are the 8 of input `i < in_dim`.
+        let (w0, w1) = unsafe { (vld1q_s32(w.add(i * GROUP)), vld1q_s32(w.add(i * GROUP + 4))) };
         for (s, a) in acc.iter_mut().enumerate() {
-            let xs = *x.add(s * x_stride + i);
+            // SAFETY: row `s < S` of `x` has `in_dim` readable values (the
+            // caller's contract), and `i < in_dim`.
+            let xs = unsafe { *x.add(s * x_stride + i) };
             a[0] = vmlal_n_s32(a[0], vget_low_s32(w0), xs);
             a[1] = vmlal_high_n_s32(a[1], w0, xs);
             a[2] = vmlal_n_s32(a[2], vget_low_s32(w1), xs);
@@ -69,30 +75,47 @@ unsafe fn tile<const S: usize>(
             lo = vmaxq_s32(lo, zero);
             hi = vmaxq_s32(hi, zero);
         }
-        vst1q_s32(y.add(s * y_stride), lo);
-        vst1q_s32(y.add(s * y_stride + 4), hi);
+        // SAFETY: row `s < S` of `y` has 8 writable values (the caller's
+        // contract).
+        unsafe {
+            vst1q_s32(y.add(s * y_stride), lo);
+            vst1q_s32(y.add(s * y_stride + 4), hi);
+        }
     }
 }
 
 /// Runs a packed layer on `n` samples (see `super::run_layer`).
 ///
-/// # Safety
-/// The CPU has NEON; `p.w32` is packed; `x` has `n` rows of stride `x_stride`
-/// with `p.in_dim` readable values; `y` has room for `n * p.out_pad` values.
+/// Safe to call where NEON is enabled (a caller without it needs `unsafe`
+/// and a run-time check that the CPU has it): the sizes are checked here.
+///
+/// # Panics
+/// As [`check_layer`].
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn layer(p: &Packed, x: *const i32, x_stride: usize, n: usize, y: *mut i32) {
+pub(super) fn layer(p: &Packed, x: &[i32], x_stride: usize, n: usize, y: &mut [i32]) {
+    check_layer(p, x, x_stride, n, y);
+    let (x, y) = (x.as_ptr(), y.as_mut_ptr());
     for g in 0..p.groups {
-        let w = p.w32.as_ptr().add(g * p.in_dim * GROUP);
-        let b = p.bias.as_ptr().add(g * GROUP);
+        let w = p.w32[g * p.in_dim * GROUP..].as_ptr();
+        let b = p.bias[g * GROUP..].as_ptr();
         let mut s = 0;
         while s + 4 <= n {
-            let (xs, ys) = (x.add(s * x_stride), y.add(s * p.out_pad + g * GROUP));
-            tile::<4>(w, p.in_dim, b, xs, x_stride, ys, p.out_pad, p.relu);
+            // SAFETY: group `g < groups` has `in_dim * 8` weights at `w` and
+            // 8 biases at `b`, and rows `s..s + 4` of `x` and `y` exist
+            // (`s + 4 <= n`; sizes checked above), each with the `in_dim`
+            // inputs and the group's 8 outputs `tile` reads and writes.
+            unsafe {
+                let (xs, ys) = (x.add(s * x_stride), y.add(s * p.out_pad + g * GROUP));
+                tile::<4>(w, p.in_dim, b, xs, x_stride, ys, p.out_pad, p.relu);
+            }
             s += 4;
         }
         while s < n {
-            let (xs, ys) = (x.add(s * x_stride), y.add(s * p.out_pad + g * GROUP));
-            tile::<1>(w, p.in_dim, b, xs, x_stride, ys, p.out_pad, p.relu);
+            // SAFETY: as above, with row `s < n`.
+            unsafe {
+                let (xs, ys) = (x.add(s * x_stride), y.add(s * p.out_pad + g * GROUP));
+                tile::<1>(w, p.in_dim, b, xs, x_stride, ys, p.out_pad, p.relu);
+            }
             s += 1;
         }
     }
