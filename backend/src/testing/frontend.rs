@@ -823,7 +823,7 @@ impl Frontend {
                 revents: 0,
             };
             // SAFETY: one valid pollfd for the duration of the call.
-            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+            let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
             if r < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
