@@ -100,9 +100,12 @@ class NNTest(Test):
         self.initrd = os.path.join(w, "initramfs.cpio.gz")
         kos = ["--ko", os.path.join(self.moddir, "virtio_nn.ko")]
         for name in ("nn_consumer.ko", "nn_bench.ko"):
+            # the driver's users of its kernel API, built with it
+            # (scripts/build.sh, scripts/build-debug-module.sh)
             path = os.path.join(self.moddir, "consumer", name)
-            if os.path.exists(path):
-                kos += ["--ko", path]
+            if not os.path.exists(path):
+                self.error(f"{path} missing: the guest driver's build makes it")
+            kos += ["--ko", path]
         subprocess.run([os.path.join(nnlib.REPO, "scripts/build-initramfs.sh"), "--output",
                         self.initrd, "--no-default-modules", *kos, "--load", "virtio_nn.ko"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -157,7 +160,20 @@ class NNTest(Test):
         return g.run(f"sh -c 'exec 3<>{f}; cat /tmp/in >&3 && cat <&3'")
 
     def has(self, path, g=None):
+        """Whether path exists in the guest: only for what may legitimately
+        be absent. What the driver and the build always provide is
+        require()d instead."""
         return (g or self.guest).run(f"test -e {path}")[0] == 0
+
+    def require(self, path, g=None):
+        """Fails the test unless path exists in the guest. For what the driver
+        always creates (/dev/neural_network, its module parameters) and what
+        the build always makes (nn_consumer.ko): its absence is a bug, not a
+        reason to skip a check."""
+        g = g or self.guest
+        rc, out = g.run(f"ls -ld {path}")
+        if rc != 0:
+            self.fail(f"{path} missing in the guest {g.name} (always provided): {out}")
 
     def check_log(self, g=None):
         """No KASAN, lockdep, sleeping-in-atomic, WARNING, oops in the guest
@@ -260,21 +276,19 @@ class Functional(NNTest):
         g = self.guest
         g.put_file("/tmp/in", csv(self.in1) + "\n")
         self.assertEqual(g.out(f"cat /tmp/in >{P}; cat {P}"), self.ref(self.in1, q16=False))
-        if self.has(DEV):
-            g.put_words("/tmp/req", [0x51524E4E, 1, self.in_w, 0] + self.q1)
-            words = g.out(f"sh -c 'exec 3<>{DEV}; cat /tmp/req >&3; "
-                          f"dd bs=1M count=1 2>/dev/null <&3' | od -An -t d4 -v").split()
-            words = [int(x) for x in words]
-            gen = self.daemon.status()["generation"]
-            self.assertEqual(words[:4], [RS_MAGIC, 1, self.out_w, gen], "/dev header")
-            self.assertEqual(csv(words[4:]), self.ref(self.q1), "/dev answer")
-            # the null request: the same round trip, header only
-            g.put_words("/tmp/req", [NULL_MAGIC, 2, self.in_w, 0] + self.q1 + self.q1)
-            words = g.out(f"sh -c 'exec 3<>{DEV}; cat /tmp/req >&3; "
-                          f"dd bs=1M count=1 2>/dev/null <&3' | od -An -t d4 -v").split()
-            self.assertEqual([int(x) for x in words], [RS_MAGIC, 2, 0, gen], "/dev null request")
-        else:
-            self.log.info("no %s: its check skipped", DEV)
+        self.require(DEV)
+        g.put_words("/tmp/req", [0x51524E4E, 1, self.in_w, 0] + self.q1)
+        words = g.out(f"sh -c 'exec 3<>{DEV}; cat /tmp/req >&3; "
+                      f"dd bs=1M count=1 2>/dev/null <&3' | od -An -t d4 -v").split()
+        words = [int(x) for x in words]
+        gen = self.daemon.status()["generation"]
+        self.assertEqual(words[:4], [RS_MAGIC, 1, self.out_w, gen], "/dev header")
+        self.assertEqual(csv(words[4:]), self.ref(self.q1), "/dev answer")
+        # the null request: the same round trip, header only
+        g.put_words("/tmp/req", [NULL_MAGIC, 2, self.in_w, 0] + self.q1 + self.q1)
+        words = g.out(f"sh -c 'exec 3<>{DEV}; cat /tmp/req >&3; "
+                      f"dd bs=1M count=1 2>/dev/null <&3' | od -An -t d4 -v").split()
+        self.assertEqual([int(x) for x in words], [RS_MAGIC, 2, 0, gen], "/dev null request")
         self.check_log()
 
     def test_sysfs_status(self):
@@ -303,8 +317,7 @@ class Functional(NNTest):
     def test_consumer_api(self):
         """The C consumer module through the exported kernel API."""
         g = self.guest
-        if not self.has(CONS):
-            self.cancel("nn_consumer.ko not built (guest-driver/consumer): API not testable")
+        self.require(CONS)
         vals = self.in1[:64]  # nn_consumer takes up to 64 inputs, the rest are 0
         padded = vals + [0] * (self.in_w - len(vals))
         out = g.out(f"insmod {CONS} input={csv(vals)} && "
@@ -341,25 +354,25 @@ class Functional(NNTest):
         self.assertIn("Invalid argument", out, "write over 64 KiB")
         rc, out = g.run(f"setsid cat {Q}")
         self.assertIn("No data available", out, "read in a session without an answer")
-        if self.has(DEV):
-            bad = {
-                "bad magic": [0x58524E4E, 1, self.in_w, 0] + self.q1,
-                "zero samples": [0x51524E4E, 0, self.in_w, 0] + self.q1,
-                "wrong width": [0x51524E4E, 1, self.in_w - 1, 0] + self.q1[1:],
-                "length mismatch": [0x51524E4E, 2, self.in_w, 0] + self.q1,
-                "negative timeout": [0x51524E4E, 1, self.in_w, -5] + self.q1,
-                "short write": [0x51524E4E, 1],
-            }
-            for name, words in bad.items():
-                g.put_words("/tmp/bad", words)
-                rc, out = g.run(f"sh -c 'exec 3<>{DEV}; dd if=/tmp/bad bs=8M >&3 2>/dev/null "
-                                "|| { cat /tmp/bad >&3; }'")
-                self.assertIn("Invalid argument", out, f"/dev {name}")
-        if self.has(CONS):
-            rc, out = g.run(f"insmod {CONS} input={csv(self.in1[:8])} in_size={self.in_w - 1}")
-            self.assertIn("Invalid argument", out, "API: wrong input size")
-            rc, out = g.run(f"insmod {CONS} mode=null")
-            self.assertIn("Invalid argument", out, "API: NULL request")
+        self.require(DEV)
+        bad = {
+            "bad magic": [0x58524E4E, 1, self.in_w, 0] + self.q1,
+            "zero samples": [0x51524E4E, 0, self.in_w, 0] + self.q1,
+            "wrong width": [0x51524E4E, 1, self.in_w - 1, 0] + self.q1[1:],
+            "length mismatch": [0x51524E4E, 2, self.in_w, 0] + self.q1,
+            "negative timeout": [0x51524E4E, 1, self.in_w, -5] + self.q1,
+            "short write": [0x51524E4E, 1],
+        }
+        for name, words in bad.items():
+            g.put_words("/tmp/bad", words)
+            rc, out = g.run(f"sh -c 'exec 3<>{DEV}; dd if=/tmp/bad bs=8M >&3 2>/dev/null "
+                            "|| { cat /tmp/bad >&3; }'")
+            self.assertIn("Invalid argument", out, f"/dev {name}")
+        self.require(CONS)
+        rc, out = g.run(f"insmod {CONS} input={csv(self.in1[:8])} in_size={self.in_w - 1}")
+        self.assertIn("Invalid argument", out, "API: wrong input size")
+        rc, out = g.run(f"insmod {CONS} mode=null")
+        self.assertIn("Invalid argument", out, "API: NULL request")
         # nothing broke: the same answer as before, and again after the errors
         self.assertEqual(g.out(f"cat {Q}"), self.ref(self.q1), "answer kept after errors")
         self.assertEqual(self.predict(self.qx)[1], self.ref(self.qx))
@@ -378,12 +391,11 @@ class Faults(NNTest):
         g.out(f"echo 0 >{CACHE_P}")
         ref_a, ref_b = self.ref(self.q1), self.ref(self.q1, model=self.model_b)
         out_b = nnlib.model_dims(self.model_b)[-1]
-        has_dev = self.has(DEV)
+        self.require(DEV)
         # two through /proc (answer is A's or B's), two through /dev (the
         # answer must be the one of the generation in its header)
-        self.start_load(2 if has_dev else 4)
-        if has_dev:
-            self.start_load(2, tag="dload", dev=True)
+        self.start_load(2)
+        self.start_load(2, tag="dload", dev=True)
         swaps, seen_gens, lat = 100, 0, []
         gen0 = self.daemon.status()["generation"]
         for i in range(swaps):
@@ -402,29 +414,27 @@ class Faults(NNTest):
         total = sum(counts.values())
         bad = {k: v for k, v in counts.items() if k not in (f"ok {ref_a}", f"ok {ref_b}")}
         dev_total, gens = 0, set()
-        if has_dev:
-            for line, n in self.load_counts(g, "dload").items():
-                words = line.split()
-                ok = len(words) > 5 and words[0] == "ok"
-                if ok:
-                    magic, samples, width, gen, outs = (*map(int, words[1:5]), words[5:])
-                    # generation gen0 + k is model A for even k, B for odd k
-                    b_gen = (gen - gen0) % 2 == 1
-                    want = (1, out_b if b_gen else self.out_w, ref_b if b_gen else ref_a)
-                    ok = magic == RS_MAGIC and gen0 <= gen <= gen0 + swaps and \
-                        (samples, width, ",".join(outs)) == want
-                    gens.add(gen)
-                if not ok:
-                    bad[f"/dev: {line}"] = n
-                dev_total += n
+        for line, n in self.load_counts(g, "dload").items():
+            words = line.split()
+            ok = len(words) > 5 and words[0] == "ok"
+            if ok:
+                magic, samples, width, gen, outs = (*map(int, words[1:5]), words[5:])
+                # generation gen0 + k is model A for even k, B for odd k
+                b_gen = (gen - gen0) % 2 == 1
+                want = (1, out_b if b_gen else self.out_w, ref_b if b_gen else ref_a)
+                ok = magic == RS_MAGIC and gen0 <= gen <= gen0 + swaps and \
+                    (samples, width, ",".join(outs)) == want
+                gens.add(gen)
+            if not ok:
+                bad[f"/dev: {line}"] = n
+            dev_total += n
         self.log.info("%d /proc and %d /dev answers (%d generations, %s resends); "
                       "load->sysfs median %.3f s max %.3f s", total, dev_total, len(gens),
                       g.kv(PERF).get("resends"), sorted(lat)[len(lat) // 2], max(lat))
         self.whiteboard = f"answers={total + dev_total} swaps={swaps}"
         self.assertEqual(bad, {}, "failed or mixed answers")
         self.assertGreater(total, 4, "the /proc load made (almost) no predictions")
-        if has_dev:
-            self.assertGreater(len(gens), 1, "the /dev answers all came from one generation")
+        self.assertGreater(len(gens), 1, "the /dev answers all came from one generation")
         self.assertEqual(seen_gens, swaps, "generations seen in model_info")
         # the final model (A after an even number of swaps) answers
         self.assertEqual(self.predict(self.q1)[1], ref_a)
@@ -504,9 +514,8 @@ class Faults(NNTest):
         are dropped and the device works again once it is fast."""
         g = self.guest
         ref = self.ref(self.q1)
-        has_cache = self.has(CACHE_P)
-        if has_cache:
-            g.out(f"echo 100 >{CACHE_P}")
+        self.require(CACHE_P)
+        g.out(f"echo 100 >{CACHE_P}")
         self.assertEqual(self.predict(self.q1)[1], ref)
         time.sleep(0.3)
         g.out(f"echo 1000 >{TIMEOUT_P}")
@@ -520,19 +529,15 @@ class Faults(NNTest):
             self.assertIn("timed out", out)
             self.assertLess(took, 15, "the timeout took too long")
             self.assertEqual(g.kv(INFO)["Status"], "unresponsive", "model_info after a timeout")
-            if has_cache:
-                rc, out = self.predict(self.q1)
-                self.assertEqual((rc, out), (0, ref), "expired cache entry as fallback")
-                self.assertGreaterEqual(int(g.kv(PERF)["cache_fallbacks"]), 1)
-            else:
-                self.log.info("no cache_ms parameter: cache fallback not tested")
+            rc, out = self.predict(self.q1)
+            self.assertEqual((rc, out), (0, ref), "expired cache entry as fallback")
+            self.assertGreaterEqual(int(g.kv(PERF)["cache_fallbacks"]), 1)
         finally:
             self.daemon.set_delay(0)
         # the late answers (up to 3 s each, one queue thread) come in and are dropped
         time.sleep(7)
         g.out(f"echo 5000 >{TIMEOUT_P}")
-        if has_cache:
-            g.out(f"echo 0 >{CACHE_P}")
+        g.out(f"echo 0 >{CACHE_P}")
         self.assertEqual(self.predict(self.qx)[1], self.ref(self.qx), "works when fast again")
         self.assertEqual(self.predict(self.q1)[1], ref, "and again (no late answer taken)")
         self.assertEqual(g.kv(INFO)["Status"], "active", "model_info after an answer")
@@ -618,10 +623,10 @@ class Faults(NNTest):
         rc, out = g.run(f"echo 1,2,3 >{P}", timeout=60)
         self.assertTrue(g.alive(), "QEMU died at a wrong-width write: " + g.qemu_output())
         self.assertIn("Invalid argument", out, "wrong width on /proc")
-        if self.has(DEV):
-            g.put_words("/tmp/bad", [0x51524E4E, 1, self.in_w - 1, 0] + self.q1[1:])
-            rc, out = g.run(f"sh -c 'exec 3<>{DEV}; cat /tmp/bad >&3'")
-            self.assertIn("Invalid argument", out, "wrong width on /dev")
+        self.require(DEV)
+        g.put_words("/tmp/bad", [0x51524E4E, 1, self.in_w - 1, 0] + self.q1[1:])
+        rc, out = g.run(f"sh -c 'exec 3<>{DEV}; cat /tmp/bad >&3'")
+        self.assertIn("Invalid argument", out, "wrong width on /dev")
         rc, out = self.predict(self.q1)
         self.assertIn("timed out", out, "a prediction with the daemon dead")
         self.assertEqual(g.kv(INFO)["Status"], "unresponsive")
