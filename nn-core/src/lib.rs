@@ -10,8 +10,8 @@
 //!   single-sample API ([`Mlp::predict_batch`], [`Mlp::predict`]).
 //! * [`kernels`]: SIMD kernels (x86-64 AVX2 and AVX-512, aarch64 NEON) that
 //!   give the scalar reference's bits, chosen at run time by CPU detection;
-//!   `NN_CORE_KERNEL=scalar|avx2|avx512|neon|auto` or [`Mlp::with_kernel`]
-//!   force one.
+//!   [`Mlp::with_kernel`] forces one (the daemon's `--kernel` /
+//!   `NN_CORE_KERNEL` and `nn-model predict --kernel` go through it).
 //! * `import` (feature `import`): float models — a PyTorch `state_dict` in
 //!   safetensors, an ONNX MLP — quantized to Q16.16.
 //! * [`model`]: the model file format (safetensors with Q16.16 `I32` tensors,
