@@ -2,9 +2,30 @@
 
 //! Every SIMD kernel this machine runs gives the scalar reference's bits, on
 //! random models and inputs, including saturating and extreme values.
+//!
+//! A kernel of this architecture that the CPU cannot run (AVX2 or AVX-512 on
+//! x86-64, NEON on aarch64) fails `every_kernel_of_this_architecture_runs`
+//! unless `NN_CORE_ALLOW_MISSING_KERNELS` names it; that test lists the
+//! kernels that ran and those that could not.
+
+use std::io::Write;
 
 use nn_core::{Activation, Kernel, Layer, Mlp, Scratch};
 use proptest::prelude::*;
+
+/// Comma-separated kernel names that may be missing on this CPU (e.g.
+/// `avx512` on an x86-64 machine without AVX-512); without it every kernel
+/// of the architecture must run.
+const ALLOW_MISSING: &str = "NN_CORE_ALLOW_MISSING_KERNELS";
+
+/// The SIMD kernels of the architecture the tests are built for.
+const ARCH_KERNELS: &[Kernel] = if cfg!(target_arch = "x86_64") {
+    &[Kernel::Avx2, Kernel::Avx512]
+} else if cfg!(target_arch = "aarch64") {
+    &[Kernel::Neon]
+} else {
+    &[]
+};
 
 /// Kernels to compare with the reference on this machine.
 fn simd_kernels() -> Vec<Kernel> {
@@ -12,6 +33,68 @@ fn simd_kernels() -> Vec<Kernel> {
         .into_iter()
         .filter(|k| *k != Kernel::Scalar && k.is_supported())
         .collect()
+}
+
+fn names(ks: &[Kernel]) -> String {
+    if ks.is_empty() {
+        return "none".into();
+    }
+    ks.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+}
+
+#[test]
+fn every_kernel_of_this_architecture_runs() {
+    let allowed: Vec<Kernel> = std::env::var(ALLOW_MISSING)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<Kernel>()
+                .ok()
+                .filter(|k| ARCH_KERNELS.contains(k))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{ALLOW_MISSING}: `{s}` is not a SIMD kernel of this architecture ({})",
+                        names(ARCH_KERNELS)
+                    )
+                })
+        })
+        .collect();
+    let ran = simd_kernels();
+    let missing: Vec<Kernel> = ARCH_KERNELS
+        .iter()
+        .copied()
+        .filter(|k| !k.is_supported())
+        .collect();
+    // Straight to stderr, not through the test harness's capture: the list
+    // is part of every run's output, not only of a failing one.
+    let _ = writeln!(
+        std::io::stderr(),
+        "nn-core kernels compared with the scalar reference: {}; cannot run on this CPU: {}{}",
+        names(&ran),
+        names(&missing),
+        if allowed.is_empty() {
+            String::new()
+        } else {
+            format!(" ({ALLOW_MISSING} allows: {})", names(&allowed))
+        }
+    );
+    let unallowed: Vec<Kernel> = missing
+        .into_iter()
+        .filter(|k| !allowed.contains(k))
+        .collect();
+    assert!(
+        unallowed.is_empty(),
+        "this CPU cannot run the {} kernel(s), so they were not tested; \
+         set {ALLOW_MISSING}={} to accept that on this machine",
+        names(&unallowed),
+        unallowed
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
 }
 
 /// A value: small Q16.16 numbers most of the time, but also any i32 and the
