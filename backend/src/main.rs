@@ -144,7 +144,7 @@ fn listener(args: &ServeArgs) -> Result<Listener, String> {
             // invalid descriptor makes it fail with EBADF, nothing else.
             let is_socket = unsafe {
                 let mut st: libc::stat = std::mem::zeroed();
-                libc::fstat(fd, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
+                libc::fstat(fd, &raw mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
             };
             if !is_socket {
                 return Err(format!("--fd {fd} is not an open socket"));
