@@ -190,14 +190,13 @@ impl NnDevice {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        // Fix (hostile-guest tests descriptor_loop_*, chain_through_whole_
-        // table_then_loop, *_next_index_beyond_queue_size, total_chain_
-        // length_over_4gib, indirect_loop_inside_table): virtio-queue ends a
-        // chain silently when it loops, is longer than the queue, has a
-        // `next` out of range, a bad indirect table or over 4 GiB in total,
-        // and such chains were answered (even OK, writing into the looping
-        // part). If the last descriptor still says NEXT, the chain was cut
-        // short: its layout is not the guest's, so return it unanswered.
+        // Invariant: only the chain the guest built is answered.
+        // virtio-queue ends a chain silently when it loops, is longer than
+        // the queue, has a `next` out of range, a bad indirect table or over
+        // 4 GiB in total; its last descriptor then still says NEXT. Such a
+        // cut-short chain is returned unanswered (used length 0), never
+        // answered into a layout that is not the guest's (hostile-guest
+        // tests in backend/tests/frontend_hostile.rs).
         if chain.clone().last().is_some_and(|d| d.has_next()) {
             warn!("malformed descriptor chain (loop, too long or bad next/indirect)");
             return Outcome::DROPPED;

@@ -35,9 +35,14 @@ pub const QUEUE_SIZE: usize = 1024;
 /// Errors of the vhost-user layer.
 #[derive(Debug, ThisError)]
 pub enum Error {
-    /// An event arrived for a queue this device does not have.
-    #[error("event for unknown queue {0}")]
-    UnknownQueue(u16),
+    /// An event that is none of the worker thread's queues or listeners.
+    #[error("event {event} is not one of worker thread {thread}'s queues")]
+    UnknownEvent {
+        /// The device event (local to the thread).
+        event: u16,
+        /// The worker thread.
+        thread: usize,
+    },
     /// An event that is not a plain read-ready notification.
     #[error("unexpected epoll events {0:?}")]
     UnexpectedEvents(EventSet),
@@ -124,13 +129,12 @@ impl VhostUserNnBackend {
     /// change stays pending until the next buffer arrives.
     fn announce(&self, vring: &VringRwLock) -> Result<(), Error> {
         let r = self.announce_once(vring);
-        // Fix (frontend_load, event check): with EVENT_IDX the driver kicks
-        // only when avail->idx passes the avail_event the device publishes,
-        // and nothing published it for the event queue (it stayed 0): after
-        // the first buffer, posting one did not kick, so a pending change
-        // was never announced until the next model change. Publish it after
-        // every pass, as the request queues' loop does (only on a ready
-        // queue: an unconfigured one would have it written near GPA 0).
+        // Invariant: with EVENT_IDX the driver kicks only when avail->idx
+        // passes the avail_event the device publishes, so every pass over the
+        // event queue publishes it again, as the request queues' loop does;
+        // otherwise no buffer posted after the first would kick, and a
+        // pending change would wait for the next model change. Only on a
+        // ready queue: an unconfigured one would have it written near GPA 0.
         if *self.event_idx.lock().unwrap_or_else(|e| e.into_inner())
             && vring.get_ref().get_queue().ready()
         {
@@ -293,32 +297,39 @@ impl VhostUserBackend for VhostUserNnBackend {
         if evset != EventSet::IN {
             return Err(Error::UnexpectedEvents(evset).into());
         }
-        // Fix (frontend_load with --queues 4; hostile tests on queue 1): the
-        // library passes `vrings` and `device_event` per worker thread, not
-        // per device: thread t holds request queue t at local index 0, and
-        // thread 0 also the event queue at local index 1. Using them as
-        // device queue indices made the change event index vrings[n] (a
-        // panic killing worker 0 on the first hot-swap when n > 1), sent
-        // every queue's traffic through buffers[0] and stats of queue 0,
-        // and treated the event queue as request queue 1 when n > 1.
-        const EVENT_LOCAL: u16 = 1;
+        // Invariant: `vrings` and `device_event` are the worker thread's,
+        // not the device's (see `queues_per_thread`): thread t holds request
+        // queue t at local index 0, thread 0 also the event queue at local
+        // index 1, and the change eventfd is registered on thread 0 only.
+        // So a request event's device queue is the thread id, and every
+        // per-queue resource (buffers, stats) is indexed by it, never by
+        // `device_event`. Any other (event, thread) pair, or vrings lacking
+        // the local index, is an error and never an index panic (which would
+        // kill the worker). Tested in vhu_nn/tests.rs.
+        const EVENT_LOCAL: usize = 1;
+        let unknown = || Error::UnknownEvent {
+            event: device_event,
+            thread: thread_id,
+        };
         if device_event == self.change_event_id() {
             // Reset the eventfd counter; the generation itself is read from
             // the device.
             let _ = self.device.changed().read();
-            return match vrings.get(usize::from(EVENT_LOCAL)) {
-                Some(v) if thread_id == 0 => Ok(self.announce(v)?),
-                _ => Ok(()),
-            };
+            let vring = vrings
+                .get(EVENT_LOCAL)
+                .filter(|_| thread_id == 0)
+                .ok_or_else(unknown)?;
+            return Ok(self.announce(vring)?);
         }
-        if thread_id == 0 && device_event == EVENT_LOCAL {
-            return Ok(self.announce(&vrings[usize::from(EVENT_LOCAL)])?);
+        if thread_id == 0 && usize::from(device_event) == EVENT_LOCAL {
+            let vring = vrings.get(EVENT_LOCAL).ok_or_else(unknown)?;
+            return Ok(self.announce(vring)?);
         }
         let queue = u16::try_from(thread_id)
             .ok()
             .filter(|&q| device_event == 0 && q < self.event_queue())
-            .ok_or(Error::UnknownQueue(device_event))?;
-        let vring = &vrings[0];
+            .ok_or_else(unknown)?;
+        let vring = vrings.first().ok_or_else(unknown)?;
         let device_event = queue;
         if !*self.event_idx.lock().unwrap_or_else(|e| e.into_inner()) {
             self.process_queue(device_event, vring)?;
@@ -330,12 +341,12 @@ impl VhostUserBackend for VhostUserNnBackend {
             if let Err(e) = vring.disable_notification() {
                 warn!("disable_notification: {e}");
             }
-            // Fix (hostile-guest test avail_index_jumping_far_ahead...): with
-            // an avail idx more than the queue size ahead, iter() fails and
-            // enable_notification() keeps returning true, so this loop spun
-            // forever at 100% CPU, flooding the log, and the worker never
-            // saw its exit event (the next connection was never accepted).
-            // Stop serving the queue until the guest kicks again.
+            // Invariant: the loop ends when a pass cannot read the avail
+            // ring. With an avail idx more than the queue size ahead, iter()
+            // fails while enable_notification() keeps reporting new buffers;
+            // looping on that would spin at 100% CPU and the worker would
+            // never see its exit event (so no next connection). Such a
+            // queue is not served again until the driver kicks.
             if !self.process_queue(device_event, vring)? {
                 break;
             }
@@ -351,3 +362,6 @@ impl VhostUserBackend for VhostUserNnBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
