@@ -191,7 +191,7 @@ pub(crate) extern "C" fn virtio_nn_cache_count() -> kernel::ffi::c_ulong {
 /// The shrinker's `scan_objects`: frees up to `nr` entries.
 #[no_mangle]
 pub(crate) extern "C" fn virtio_nn_cache_scan(nr: kernel::ffi::c_ulong) -> kernel::ffi::c_ulong {
-    crate::globals().map_or(0, |g| g.cache.shrink(nr as usize) as _)
+    crate::globals().map_or(0, |g| g.cache.shrink(nr) as _)
 }
 
 /// The registered shrinker; freed on drop.

@@ -40,10 +40,10 @@ impl Deadline {
         if ms == 0 {
             return Self { end: None };
         }
-        // SAFETY: No preconditions.
-        Self {
-            end: Some(unsafe { glue::virtio_nn_jiffies_after_ms(ms) }),
-        }
+        // SAFETY: the C helper only reads `jiffies` and converts `ms`; it has
+        // no preconditions.
+        let end = unsafe { glue::virtio_nn_jiffies_after_ms(ms) };
+        Self { end: Some(end) }
     }
 
     /// `ms` milliseconds from now; 0 means the module's `timeout_ms`.

@@ -31,6 +31,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::Ordering;
 use kernel::bindings;
 use kernel::ffi::c_char;
+use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 use kernel::{c_str, error::from_result};
@@ -170,8 +171,7 @@ fn model_info(out: &mut [u8]) -> Result<isize> {
 #[no_mangle]
 pub(crate) extern "C" fn virtio_nn_performance_show(buf: *mut c_char) -> isize {
     // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
-    let out =
-        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), bindings::PAGE_SIZE as usize) };
+    let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), PAGE_SIZE) };
     from_result(|| {
         let mut w = SliceWriter { buf: out, len: 0 };
         let entries = crate::globals()?.cache.len();
@@ -186,8 +186,7 @@ pub(crate) extern "C" fn virtio_nn_performance_show(buf: *mut c_char) -> isize {
 #[no_mangle]
 pub(crate) extern "C" fn virtio_nn_health_show(buf: *mut c_char) -> isize {
     // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
-    let out =
-        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), bindings::PAGE_SIZE as usize) };
+    let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), PAGE_SIZE) };
     from_result(|| {
         let (status, _, _) = device_state()?;
         let mut w = SliceWriter { buf: out, len: 0 };
@@ -202,7 +201,6 @@ pub(crate) extern "C" fn virtio_nn_health_show(buf: *mut c_char) -> isize {
 #[no_mangle]
 pub(crate) extern "C" fn virtio_nn_model_info_show(buf: *mut c_char) -> isize {
     // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
-    let out =
-        unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), bindings::PAGE_SIZE as usize) };
+    let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), PAGE_SIZE) };
     from_result(|| model_info(out))
 }

@@ -52,8 +52,10 @@ use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 
 // The wire protocol, shared with the host side; its items are `pub` for the
-// other crates that use it.
+// other crates that use it. Clippy leaves the naming lints below to nn-core's
+// public API (avoid-breaking-exported-api), as on the host.
 #[allow(unreachable_pub)]
+#[allow(clippy::wrong_self_convention, clippy::enum_variant_names)]
 #[path = "../nn-core/src/protocol.rs"]
 mod protocol;
 
