@@ -22,6 +22,7 @@ TOOLCHAIN="$CACHE/toolchain"
 RUST_PREFIX="$TOOLCHAIN/rust"            # dpkg-deb -x target
 RUSTC_WRAPPER="$TOOLCHAIN/bin/rustc"     # sets LD_LIBRARY_PATH, execs the real rustc
 RUSTDOC_WRAPPER="$TOOLCHAIN/bin/rustdoc"
+CLIPPY_WRAPPER="$TOOLCHAIN/bin/clippy-driver" # Debian rust-web-clippy of the same version (make CLIPPY=1)
 BINDGEN="$TOOLCHAIN/bindgen/bin/bindgen" # cargo install --root $TOOLCHAIN/bindgen
 LLVM_SUFFIX="-19"                        # clang-19 / ld.lld-19 / llvm-*-19 from bookworm
 LIBCLANG_PATH="/usr/lib/llvm${LLVM_SUFFIX}/lib"

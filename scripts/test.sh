@@ -25,6 +25,7 @@ cd "$REPO"
 log "rustfmt + clippy"
 cargo fmt --all -- --check
 rustfmt --check --edition 2021 guest-driver/virtio_nn_main.rs   # the module and its files
+"$REPO/scripts/clippy-module.sh"   # clippy on the module (make CLIPPY=1, kernel lints, -Dwarnings)
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 
 log "unit tests"
