@@ -11,6 +11,7 @@
 //! | `{"cmd":"stats"}` | `queues` (per queue ok/errors/samples), `swaps`, `swap_failures` |
 //! | `{"cmd":"metrics"}` | `text`: the Prometheus text exposition |
 //! | `{"cmd":"load","path":"FILE"}` | `generation`, `model`: FILE validated and swapped in |
+//! | `{"cmd":"upgrade","binary":"FILE"?}` | the supervisor replaces this worker (no reply then: the connection closes) or refuses |
 //! | `{"cmd":"test-delay","ms":N}` | test-only (`--test-mode`): delay every request by N ms |
 //!
 //! Every failure is a reply `{"ok": false, "error": "..."}`: malformed JSON,
@@ -62,6 +63,13 @@ pub enum Request {
         /// The model file.
         path: PathBuf,
     },
+    /// Replace the worker (supervised daemons), by one running `binary` if
+    /// given.
+    Upgrade {
+        /// The new worker's executable.
+        #[serde(default)]
+        binary: Option<PathBuf>,
+    },
     /// Test-only: make the device answer every request `ms` late.
     #[serde(rename = "test-delay")]
     TestDelay {
@@ -70,8 +78,21 @@ pub enum Request {
     },
 }
 
+/// Called with a validated model and the generation it is about to be
+/// served under, before it serves; an error refuses the load. A supervised
+/// worker hands the model to its supervisor here.
+pub type Persist = Box<dyn Fn(&Model, u32, &Path) -> io::Result<()> + Send + Sync>;
+
+/// Called for `upgrade`: asks the supervisor to replace the worker.
+pub type Upgrade = Box<dyn Fn(Option<PathBuf>) -> io::Result<()> + Send + Sync>;
+
 /// What the admin commands act on.
 pub struct Admin {
+    persist: Option<Persist>,
+    upgrade: Option<Upgrade>,
+    /// One load at a time: the generation handed to `persist` is the one
+    /// the swap takes.
+    loading: std::sync::Mutex<()>,
     device: Arc<NnDevice>,
     kernel: Kernel,
     test_mode: bool,
@@ -112,6 +133,9 @@ impl Admin {
     /// CPU supports, checked at start-up).
     pub fn new(device: Arc<NnDevice>, stats: Arc<Stats>, kernel: Kernel) -> Self {
         Self {
+            persist: None,
+            upgrade: None,
+            loading: std::sync::Mutex::new(()),
             device,
             kernel,
             test_mode: false,
@@ -119,6 +143,18 @@ impl Admin {
             started: Instant::now(),
             clients: AtomicUsize::new(0),
         }
+    }
+
+    /// Hands every model to `persist` before it serves.
+    pub fn with_persist(mut self, persist: Persist) -> Self {
+        self.persist = Some(persist);
+        self
+    }
+
+    /// Serves `upgrade` through `upgrade` (without it, `upgrade` is refused).
+    pub fn with_upgrade(mut self, upgrade: Upgrade) -> Self {
+        self.upgrade = Some(upgrade);
+        self
     }
 
     /// Enables the test-only commands (`test-delay`).
@@ -146,8 +182,20 @@ impl Admin {
                     "model": model_json(&served),
                     "queues": self.device.num_req_queues(),
                     "uptime_s": self.started.elapsed().as_secs(),
+                    "pid": std::process::id(),
+                    "supervisor": crate::control::Info::from_env(),
                 })
             }
+            Request::Upgrade { binary } => match &self.upgrade {
+                None => {
+                    error("upgrade needs the supervisor (the daemon runs with --no-supervisor)")
+                }
+                // On success this worker is stopped before the call returns.
+                Some(upgrade) => match upgrade(binary) {
+                    Ok(()) => json!({"ok": true, "upgrading": true}),
+                    Err(e) => error(format!("upgrade refused: {e}")),
+                },
+            },
             Request::Health {} => json!({"ok": true, "healthy": true, "status": "ready"}),
             Request::Stats {} => {
                 let mut v = serde_json::to_value(self.stats.summary()).unwrap_or(Value::Null);
@@ -173,6 +221,13 @@ impl Admin {
         // Validation happens here, on the admin thread, off the data path.
         let loaded = Model::load(path).map_err(|e| e.to_string()).and_then(|m| {
             with_kernel(m, self.kernel).map_err(|e| format!("{}: {e}", path.display()))
+        });
+        let _one_at_a_time = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = loaded.and_then(|model| match &self.persist {
+            Some(persist) => persist(&model, self.device.next_generation(), path)
+                .map(|()| model)
+                .map_err(|e| format!("cannot hand the model to the supervisor: {e}")),
+            None => Ok(model),
         });
         match loaded {
             Ok(model) => {
@@ -225,18 +280,28 @@ impl Admin {
     }
 }
 
+/// Serves an already listening admin socket on a background thread.
+pub fn spawn_on(admin: Arc<Admin>, listener: UnixListener) -> io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || accept_loop(admin, listener))
+}
+
 /// Binds the admin socket with mode `mode` (replacing a stale socket file)
 /// and serves it on a background thread.
 pub fn spawn(admin: Arc<Admin>, path: &Path, mode: u32) -> io::Result<thread::JoinHandle<()>> {
+    spawn_on(admin, bind(path, mode)?)
+}
+
+/// Binds the admin socket with mode `mode`, replacing a stale socket file.
+pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     info!("admin socket on {} (mode {mode:o})", path.display());
-    thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || accept_loop(admin, listener))
+    Ok(listener)
 }
 
 fn accept_loop(admin: Arc<Admin>, listener: UnixListener) {

@@ -81,13 +81,30 @@ impl Outcome {
     };
 }
 
+/// The generation after `g`. Generation 0 is never used, so a driver can
+/// treat it as "none".
+fn next_generation(g: u32) -> u32 {
+    g.checked_add(1).unwrap_or(1)
+}
+
 impl NnDevice {
     /// A device serving `model` (loaded from `source`) as generation 1.
     pub fn new(model: Model, source: PathBuf, num_req_queues: u32) -> std::io::Result<Self> {
+        Self::at_generation(model, source, num_req_queues, 1)
+    }
+
+    /// A device serving `model` as `generation` (a worker taking over from
+    /// one that served it).
+    pub fn at_generation(
+        model: Model,
+        source: PathBuf,
+        num_req_queues: u32,
+        generation: u32,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             served: RwLock::new(Arc::new(Served {
                 model,
-                generation: 1,
+                generation: generation.max(1),
                 source,
             })),
             num_req_queues,
@@ -111,8 +128,7 @@ impl NnDevice {
     /// with (they hold its `Arc`); later ones see the new one.
     pub fn swap(&self, model: Model, source: PathBuf) -> u32 {
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
-        // Generation 0 is never used, so a driver can treat it as "none".
-        let generation = served.generation.checked_add(1).unwrap_or(1);
+        let generation = next_generation(served.generation);
         *served = Arc::new(Served {
             model,
             generation,
@@ -123,6 +139,11 @@ impl NnDevice {
             warn!("cannot signal the model change to the event queue: {e}");
         }
         generation
+    }
+
+    /// The generation the next [`NnDevice::swap`] will serve under.
+    pub fn next_generation(&self) -> u32 {
+        next_generation(self.current().generation)
     }
 
     /// The model currently served. Requests keep the `Arc` they started with.

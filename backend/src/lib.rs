@@ -15,9 +15,11 @@
 //! The binary (`main.rs`) holds the command line and the serve loop.
 
 pub mod admin;
+pub mod control;
 pub mod device;
 pub mod sandbox;
 pub mod stats;
+pub mod supervisor;
 #[cfg(any(test, feature = "test-utils"))]
 #[doc(hidden)]
 pub mod testing;

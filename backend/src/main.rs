@@ -21,9 +21,11 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 use vhost_user_nn::admin::{self, Admin};
+use vhost_user_nn::control;
 use vhost_user_nn::device::NnDevice;
 use vhost_user_nn::sandbox::{self, Mode};
 use vhost_user_nn::stats::Stats;
+use vhost_user_nn::supervisor;
 use vhost_user_nn::vhu_nn::VhostUserNnBackend;
 use vhost_user_nn::watch;
 
@@ -93,6 +95,42 @@ struct ServeArgs {
     /// Permissions of the admin socket, in octal.
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     admin_socket_mode: u32,
+
+    /// Run as one process: no supervisor, so a crash or an upgrade closes
+    /// QEMU's connection (for debugging).
+    #[arg(long)]
+    no_supervisor: bool,
+
+    /// A worker that dies within a second of its start is crash-looping:
+    /// the next one starts after this many milliseconds, doubling up to
+    /// 5 s (0: restart at once, always).
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    restart_backoff_ms: u64,
+
+    /// Worker of a supervisor: the control channel's descriptor.
+    #[arg(long, hide = true, requires = "fd")]
+    control_fd: Option<RawFd>,
+
+    /// Worker: the model's bytes (a sealed memfd), instead of reading `--model`.
+    #[arg(long, hide = true, requires = "control_fd")]
+    model_fd: Option<RawFd>,
+
+    /// Worker: the generation the model is served under.
+    #[arg(long, hide = true, requires = "control_fd")]
+    generation: Option<u32>,
+
+    /// Worker: the admin socket, listening.
+    #[arg(
+        long,
+        hide = true,
+        requires = "control_fd",
+        conflicts_with = "admin_socket"
+    )]
+    admin_fd: Option<RawFd>,
+
+    /// Worker: announce the current generation on the event queue.
+    #[arg(long, hide = true, requires = "control_fd")]
+    announce: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +160,14 @@ enum CtlCmd {
         /// The model file.
         path: PathBuf,
     },
+    /// Replace the worker process without QEMU noticing (live upgrade);
+    /// waits until the new worker serves.
+    Upgrade {
+        /// The new worker's executable (default: the daemon's own path,
+        /// so installing a new binary there and upgrading runs it).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -131,32 +177,52 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("`{s}` is not an octal mode such as 600"))
 }
 
+/// Takes ownership of descriptor `fd`, inherited from the parent process.
+fn inherited(fd: RawFd, what: &str) -> Result<OwnedFd, String> {
+    if fd < 3 {
+        return Err(format!("{what} {fd} is a standard stream"));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags; an invalid
+    // descriptor makes it fail with EBADF, nothing else.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("{what} {fd} is not open"));
+    }
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // process to own; nothing else in the process uses it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The listening vhost-user socket, from `--socket-path` or `--fd`.
 fn listener(args: &ServeArgs) -> Result<Listener, String> {
+    unix_listener(args).map(Listener::from)
+}
+
+/// The listening vhost-user socket as a [`UnixListener`]. A stale socket
+/// file at `--socket-path` is replaced; anything else there is refused.
+fn unix_listener(args: &ServeArgs) -> Result<UnixListener, String> {
     match (&args.socket_path, args.fd) {
-        (Some(path), _) => Listener::new(path, true)
-            .map_err(|e| format!("cannot listen on {}: {e}", path.display())),
+        (Some(path), _) => {
+            use std::os::unix::fs::FileTypeExt;
+            let cannot = |e: std::io::Error| format!("cannot listen on {}: {e}", path.display());
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(cannot)?,
+                Ok(_) => return Err(format!("{} exists and is not a socket", path.display())),
+                Err(_) => {}
+            }
+            UnixListener::bind(path).map_err(cannot)
+        }
         (None, Some(fd)) => {
-            if fd < 3 {
-                return Err(format!("--fd {fd} is a standard stream, not a socket"));
-            }
-            // SAFETY: fstat only writes into the stat buffer it is given; an
-            // invalid descriptor makes it fail with EBADF, nothing else.
-            let is_socket = unsafe {
-                let mut st: libc::stat = std::mem::zeroed();
-                libc::fstat(fd, &raw mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFSOCK
-            };
-            if !is_socket {
-                return Err(format!("--fd {fd} is not an open socket"));
-            }
-            // SAFETY: the descriptor is open (checked above) and the operator
-            // hands it to the daemon to own (socket activation); nothing else
-            // in the process uses it. That it listens is checked right below.
-            let listener = UnixListener::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let fd = inherited(fd, "--fd")?;
+            let listener = UnixListener::from(fd);
             listener
                 .local_addr()
-                .map_err(|e| format!("--fd {fd} is not a listening Unix socket: {e}"))?;
-            Ok(Listener::from(listener))
+                .map_err(|_| "--fd is not a listening Unix socket".to_string())?;
+            // SO_ACCEPTCONN: a bound socket that does not listen is refused
+            // here rather than failing at the first accept.
+            match rustix::net::sockopt::socket_acceptconn(&listener) {
+                Ok(true) => Ok(listener),
+                _ => Err("--fd is not a listening Unix socket".into()),
+            }
         }
         (None, None) => Err("--socket-path or --fd is required".into()),
     }
@@ -182,7 +248,88 @@ fn exit_on_signals(paths: Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
+/// A worker must not outlive its supervisor (it would hold nothing QEMU
+/// can reach): it is killed when the supervisor dies.
+fn die_with_supervisor() -> Result<(), String> {
+    use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+    set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
+    let supervisor = control::Info::from_env().map(|i| i.pid);
+    let parent = getppid().map(|p| p.as_raw_nonzero().get() as u32);
+    if supervisor.is_some() && supervisor != parent {
+        return Err("the supervisor exited before its worker started".into());
+    }
+    Ok(())
+}
+
+/// Runs the supervisor, which runs this binary again as its worker with
+/// the same serving options.
+fn supervise(args: ServeArgs) -> Result<(), String> {
+    let model_path = args.model.clone();
+    // Refuse a kernel this CPU lacks here, not in a crash-looping worker.
+    args.kernel
+        .resolve()
+        .map_err(|e| format!("--kernel / NN_CORE_KERNEL: {e}"))?;
+    let listener = unix_listener(&args)?;
+    let admin = match &args.admin_socket {
+        Some(path) => Some(
+            admin::bind(path, args.admin_socket_mode)
+                .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut worker_args: Vec<std::ffi::OsString> = vec![
+        "--queues".into(),
+        args.queues.to_string().into(),
+        "--kernel".into(),
+        args.kernel.to_string().into(),
+        "--seccomp".into(),
+        format!("{:?}", args.seccomp).to_lowercase().into(),
+        "--watch".into(),
+        args.watch.to_string().into(),
+    ];
+    if args.test_mode {
+        worker_args.push("--test-mode".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    supervisor::run(supervisor::Config {
+        listener,
+        owned_paths: [&args.socket_path, &args.admin_socket]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+        admin,
+        model_path,
+        max_model_bytes: nn_core::model::MAX_FILE_SIZE,
+        worker_args,
+        exe,
+        min_backoff: Duration::from_millis(args.restart_backoff_ms),
+    })
+}
+
+/// The model to serve and its generation: from the supervisor's memfd in a
+/// worker, else from `--model`.
+fn initial_model(args: &ServeArgs, model_path: &Path) -> Result<(Model, u32), String> {
+    let Some(fd) = args.model_fd else {
+        let model = Model::load(model_path).map_err(|e| format!("cannot load model: {e}"))?;
+        return Ok((model, 1));
+    };
+    let fd = inherited(fd, "--model-fd")?;
+    let bytes = control::read_memfd(&fd, nn_core::model::MAX_FILE_SIZE)
+        .map_err(|e| format!("--model-fd: {e}"))?;
+    let model = Model::from_bytes(&bytes)
+        .map_err(|e| format!("cannot load model {}: {e}", model_path.display()))?;
+    Ok((model, args.generation.unwrap_or(1)))
+}
+
 fn serve(args: ServeArgs) -> Result<(), String> {
+    if !args.no_supervisor && args.control_fd.is_none() {
+        return supervise(args);
+    }
+    if args.control_fd.is_some() {
+        die_with_supervisor()?;
+    }
     let Some(model_path) = args.model.clone() else {
         return Err("--model is required".into());
     };
@@ -190,26 +337,55 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .kernel
         .resolve()
         .map_err(|e| format!("--kernel / NN_CORE_KERNEL: {e}"))?;
-    let model = Model::load(&model_path).map_err(|e| format!("cannot load model: {e}"))?;
+    let (model, generation) = initial_model(&args, &model_path)?;
     let model = admin::with_kernel(model, kernel).map_err(|e| e.to_string())?;
     info!(
-        "serving model {:?} ({:?}, crc32c:{:08x}) as generation 1 on the {kernel} kernel",
+        "serving model {:?} ({:?}, crc32c:{:08x}) as generation {generation} on the {kernel} kernel",
         model.name,
         model.mlp.dims(),
         model.checksum
     );
     let model_path_for_watch = model_path.clone();
     let device = Arc::new(
-        NnDevice::new(model, model_path, args.queues)
+        NnDevice::at_generation(model, model_path, args.queues, generation)
             .map_err(|e| format!("cannot create the device: {e}"))?,
     );
     let stats = Arc::new(Stats::new(args.queues));
     let mut listener = listener(&args)?;
-    let admin =
-        Arc::new(Admin::new(device.clone(), stats.clone(), kernel).with_test_mode(args.test_mode));
+    let control = match args.control_fd {
+        Some(fd) => Some(Arc::new(
+            control::Client::new(inherited(fd, "--control-fd")?)
+                .map_err(|e| format!("--control-fd: {e}"))?,
+        )),
+        None => None,
+    };
+    // Ready before anything can send the supervisor another message (the
+    // admin thread's model hand-overs): the supervisor connects now, and its
+    // messages wait in the socket until the daemon below takes them.
+    if let Some(c) = &control {
+        c.ready()
+            .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
+    }
+    let mut admin =
+        Admin::new(device.clone(), stats.clone(), kernel).with_test_mode(args.test_mode);
+    if let Some(c) = &control {
+        let (c1, c2) = (c.clone(), c.clone());
+        admin = admin
+            .with_persist(Box::new(move |model, generation, source| {
+                c1.persist(&model.to_bytes(), generation, source)
+            }))
+            .with_upgrade(Box::new(move |binary| {
+                c2.call(&control::ToSupervisor::Upgrade { binary }, &[])
+            }));
+    }
+    let admin = Arc::new(admin);
     if let Some(path) = &args.admin_socket {
         admin::spawn(admin.clone(), path, args.admin_socket_mode)
             .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?;
+    }
+    if let Some(fd) = args.admin_fd {
+        let l = std::os::unix::net::UnixListener::from(inherited(fd, "--admin-fd")?);
+        admin::spawn_on(admin.clone(), l).map_err(|e| format!("admin socket: {e}"))?;
     }
     if args.watch > 0 {
         watch::spawn(
@@ -231,6 +407,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         || format!("fd {}", args.fd.unwrap_or(-1)),
         |p: &Path| p.display().to_string(),
     );
+    let mut announce = args.announce;
     // One connection at a time; after a disconnect, the next QEMU (or the
     // same one reconnecting) gets a fresh backend on the same device state.
     loop {
@@ -238,6 +415,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             VhostUserNnBackend::new(device.clone(), stats.clone(), args.queues as usize)
                 .map_err(|e| e.to_string())?,
         );
+        if std::mem::take(&mut announce) {
+            backend.announce_current();
+        }
         let mut daemon = VhostUserDaemon::new(
             "vhost-user-nn".to_string(),
             backend.clone(),
@@ -267,14 +447,34 @@ fn ctl(admin_socket: PathBuf, command: CtlCmd) -> Result<(), String> {
         CtlCmd::Health => json!({"cmd": "health"}),
         CtlCmd::Stats => json!({"cmd": "stats"}),
         CtlCmd::Metrics => json!({"cmd": "metrics"}),
+        CtlCmd::Upgrade { binary } => {
+            let binary = binary
+                .as_ref()
+                .map(std::path::absolute)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            json!({"cmd": "upgrade", "binary": binary})
+        }
         CtlCmd::Load { path } => {
             // The daemon resolves relative paths against its own directory.
             let abs = std::path::absolute(path).map_err(|e| e.to_string())?;
             json!({"cmd": "load", "path": abs})
         }
     };
-    let reply = admin::request(&admin_socket, &req.to_string())
-        .map_err(|e| format!("{}: {e}", admin_socket.display()))?;
+    let sock = |e: std::io::Error| format!("{}: {e}", admin_socket.display());
+    if let CtlCmd::Upgrade { .. } = command {
+        let status = admin::request(&admin_socket, &json!({"cmd": "status"}).to_string());
+        let old_pid = status.map_err(sock)?["pid"].as_u64();
+        // The old worker answers only a refusal: when the upgrade works, it
+        // is stopped before it can, and its connection closes.
+        if let Ok(reply) = admin::request(&admin_socket, &req.to_string()) {
+            if reply["ok"] != true {
+                return Err(reply["error"].as_str().unwrap_or("error").to_string());
+            }
+        }
+        return wait_for_upgrade(&admin_socket, old_pid);
+    }
+    let reply = admin::request(&admin_socket, &req.to_string()).map_err(sock)?;
     if reply["ok"] != true {
         return Err(reply["error"].as_str().unwrap_or("error").to_string());
     }
@@ -286,6 +486,28 @@ fn ctl(admin_socket: PathBuf, command: CtlCmd) -> Result<(), String> {
         ),
     }
     Ok(())
+}
+
+/// Waits until the admin socket is served by a worker other than `old_pid`
+/// and prints its status.
+fn wait_for_upgrade(admin_socket: &Path, old_pid: Option<u64>) -> Result<(), String> {
+    let status = json!({"cmd": "status"}).to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(reply) = admin::request(admin_socket, &status) {
+            if reply["ok"] == true && reply["pid"].as_u64() != old_pid {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&reply).unwrap_or_default()
+                );
+                return Ok(());
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("no new worker within 60 s; see the daemon's log".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn main() -> ExitCode {

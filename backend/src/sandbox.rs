@@ -62,6 +62,8 @@ pub const ALLOWED: &[i64] = &[
     libc::SYS_unlink,
     libc::SYS_unlinkat,
     libc::SYS_eventfd2,
+    // A swapped-in model handed to the supervisor (a sealed memfd).
+    libc::SYS_memfd_create,
     libc::SYS_pipe2,
     libc::SYS_dup,
     libc::SYS_dup3,

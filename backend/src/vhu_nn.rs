@@ -91,6 +91,13 @@ impl VhostUserNnBackend {
         })
     }
 
+    /// Makes the first event buffer the driver posts carry the current
+    /// generation even if it did not change: a worker taking over cannot
+    /// know whether its predecessor announced it.
+    pub fn announce_current(&self) {
+        *self.announced.lock().unwrap_or_else(|e| e.into_inner()) = 0;
+    }
+
     /// The `--print-capabilities` JSON of the vhost-user spec. There is no
     /// backend type for this device in the spec; "virtio-nn" names it.
     pub fn capabilities() -> String {
