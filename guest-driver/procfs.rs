@@ -2,7 +2,7 @@
 
 //! `/proc/neural_network/predict` and `/proc/neural_network/predict_q16`.
 //!
-//! A write parses the values (see [`crate::parse`]), runs the prediction on
+//! A write parses the values (see [`crate::proc_text`]), runs the prediction on
 //! the current device and returns the byte count; on any error nothing
 //! changes. A read returns the answer of the last successful write on the
 //! same open file or, if that file made none, the last answer made in the
@@ -15,7 +15,7 @@
 
 use crate::fileio;
 use crate::glue;
-use crate::parse::{self, Format};
+use crate::proc_text::{self, Format};
 use crate::request::Deadline;
 use crate::session::Answer;
 use core::ffi::c_void;
@@ -121,26 +121,22 @@ fn write(
     count: usize,
     pos: *mut bindings::loff_t,
 ) -> Result<isize> {
-    if count == 0 || count > parse::MAX_WRITE_LEN {
+    if count == 0 || count > proc_text::MAX_WRITE_LEN {
         return Err(EINVAL);
     }
     let text = fileio::copy_write(buf, count)?;
-    let n = parse::count_fields(&text);
+    let n = proc_text::count_fields(&text);
     if n == 0 || n > crate::protocol::MAX_DIM as usize {
         return Err(EINVAL);
     }
     let mut inputs = KVec::from_elem(0i32, n, GFP_KERNEL)?;
-    parse::parse_values(&text, of.format, &mut inputs).map_err(|_| EINVAL)?;
+    proc_text::parse_values(&text, of.format, &mut inputs).map_err(|_| EINVAL)?;
 
     let outputs = crate::predict::run(&inputs, 1, None, &Deadline::module_default())?;
     let globals = crate::globals()?;
 
-    let mut out = KVec::from_elem(
-        0u8,
-        outputs.len() * parse::MAX_FORMATTED_VALUE_LEN + 1,
-        GFP_KERNEL,
-    )?;
-    let len = parse::format_values(&outputs, of.format, &mut out);
+    let mut out = KVec::from_elem(0u8, proc_text::formatted_len(outputs.len()), GFP_KERNEL)?;
+    let len = proc_text::format_values(&outputs, of.format, &mut out);
     // SAFETY: `len <= out.len()`, so the kept bytes are initialised; `u8`
     // needs no drop.
     unsafe { out.set_len(len) };

@@ -42,8 +42,10 @@
 //! event queue: model change notifications), `request.rs` (the request
 //! object), `predict.rs` (the path every prediction takes), `config_snap.rs`,
 //! `api.rs`, `devfile.rs`, `stats.rs`, `health.rs`, `cache.rs`, `procfs.rs`,
-//! `session.rs`, `sysfs.rs`, `parse.rs` (text format), `irq_lock.rs`,
-//! `glue.rs` (declarations of the C glue in `virtio_nn_glue.c`).
+//! `session.rs`, `sysfs.rs`, `irq_lock.rs`, `glue.rs` (declarations of the
+//! C glue in `virtio_nn_glue.c`); from nn-core: `protocol.rs` (the wire
+//! protocol), `proc_text.rs` (the /proc text format), `dev_abi.rs` (the
+//! /dev binary layout).
 
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -51,10 +53,18 @@ use kernel::bindings;
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
 
-// The wire protocol, shared with the host side; its items are `pub` for the
-// other crates that use it. Clippy leaves the naming lints below to nn-core's
-// public API (avoid-breaking-exported-api), as on the host.
-#[allow(unreachable_pub)]
+// Files of nn-core shared verbatim with the host side (`core` only): the
+// wire protocol, the text format of the /proc files and the binary layout of
+// /dev/neural_network. Their items are `pub` for the other crates that use
+// them, and not all are used here. Clippy leaves the naming lints below to
+// nn-core's public API (avoid-breaking-exported-api), as on the host.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../nn-core/src/dev_abi.rs"]
+mod dev_abi;
+#[allow(dead_code, unreachable_pub, clippy::wrong_self_convention)]
+#[path = "../nn-core/src/proc_text.rs"]
+mod proc_text;
+#[allow(dead_code, unreachable_pub)]
 #[allow(clippy::wrong_self_convention, clippy::enum_variant_names)]
 #[path = "../nn-core/src/protocol.rs"]
 mod protocol;
@@ -69,7 +79,6 @@ mod fileio;
 mod glue;
 mod health;
 mod irq_lock;
-mod parse;
 mod predict;
 mod procfs;
 mod request;

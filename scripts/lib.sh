@@ -39,8 +39,8 @@ KDIR_DEBUG="$CACHE/linux-debug"
 KERNEL_IMAGE_DEBUG="$KDIR_DEBUG/arch/x86/boot/bzImage"
 # The guest driver built for the debug kernel (scripts/build-debug-module.sh):
 # built from a copy of the sources, laid out as in the repository
-# ($MOD_DEBUG/guest-driver + $MOD_DEBUG/nn-core/src/protocol.rs, which the
-# crate root includes with #[path]), so the plain guest-driver/*.ko stay.
+# ($MOD_DEBUG/guest-driver + the nn-core/src files the crate root includes
+# with #[path]), so the plain guest-driver/*.ko stay.
 MOD_DEBUG="$CACHE/mod-debug"
 MODULE_DIR_DEBUG="$MOD_DEBUG/guest-driver"
 

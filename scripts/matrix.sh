@@ -61,7 +61,7 @@ AVOCADO="$(dirname "$PY")/avocado"
 if ((build_debug)) && [[ $mode != bench ]]; then
     "$REPO/scripts/build-kernel.sh" --variant debug >/dev/null
     if [[ ! -f $MODULE_DIR_DEBUG/virtio_nn.ko || $MODULE_DIR_DEBUG/virtio_nn.ko -ot $KERNEL_IMAGE_DEBUG ]] ||
-        [[ -n "$(find "$REPO/guest-driver" "$REPO/nn-core/src/protocol.rs" -newer "$MODULE_DIR_DEBUG/virtio_nn.ko" \
+        [[ -n "$(find "$REPO/guest-driver" "$REPO"/nn-core/src/*.rs -newer "$MODULE_DIR_DEBUG/virtio_nn.ko" \
                  \( -name '*.rs' -o -name '*.c' -o -name '*.h' -o -name Kbuild \) -print -quit)" ]]; then
         "$REPO/scripts/build-debug-module.sh" >/dev/null
     fi

@@ -28,8 +28,6 @@
 //!   generation or the device status changes (the rust-vmm crates cannot send
 //!   a config-change interrupt, so this replaces it).
 
-#![allow(dead_code)]
-
 /// Virtio device id of the device. Linux assigns 38 to the "parameter server"
 /// device, which no Linux driver claims and QEMU accepts; virtio-nn borrows it.
 pub const VIRTIO_ID_NN: u32 = 38;
