@@ -189,7 +189,11 @@ fn inherited(fd: RawFd, what: &str) -> Result<OwnedFd, String> {
     }
     // SAFETY: the descriptor is open (checked above) and was handed to this
     // process to own; nothing else in the process uses it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Not inherited further (a worker gets exactly what it is given).
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok(fd)
 }
 
 /// The listening vhost-user socket, from `--socket-path` or `--fd`.
