@@ -430,7 +430,7 @@ impl Supervisor {
         let Some(conn) = conn else {
             if p.msg.code == code::GET_CONFIG {
                 let reply = self.offline_config(&p.msg);
-                self.to_qemu(&reply);
+                self.send_qemu(&reply);
             } else {
                 self.pending = Some(p);
             }
@@ -453,7 +453,7 @@ impl Supervisor {
         }
     }
 
-    fn to_qemu(&mut self, msg: &Msg) {
+    fn send_qemu(&mut self, msg: &Msg) {
         if let Some(q) = &self.qemu {
             if let Err(e) = msg.send(q) {
                 self.qemu_gone(&e.to_string());
@@ -484,7 +484,7 @@ impl Supervisor {
                 self.pending = other;
             }
         }
-        self.to_qemu(&reply);
+        self.send_qemu(&reply);
     }
 
     /// Keeps the bytes of a GET_CONFIG reply (offset, size, flags, data).
