@@ -7,7 +7,7 @@
 //! | request | reply (besides `"ok": true`) |
 //! |---|---|
 //! | `{"cmd":"status"}` | `generation`, `model` (name, dims, checksum, path), `queues`, `uptime_s` |
-//! | `{"cmd":"health"}` | `healthy`, `status` |
+//! | `{"cmd":"health"}` | `healthy` (every check passes), `status` (the config space's: `ready` or `error`), `checks`: each with `check` (`model`, `frontend`, `worker` + `queue`), `ok`, `state`, `reason` (see [`crate::health`]) |
 //! | `{"cmd":"stats"}` | `queues` (per queue ok/errors/samples), `swaps`, `swap_failures` |
 //! | `{"cmd":"metrics"}` | `text`: the Prometheus text exposition |
 //! | `{"cmd":"load","path":"FILE"}` | `generation`, `model`: FILE validated and swapped in |
@@ -196,7 +196,14 @@ impl Admin {
                     Err(e) => error(format!("upgrade refused: {e}")),
                 },
             },
-            Request::Health {} => json!({"ok": true, "healthy": true, "status": "ready"}),
+            Request::Health {} => {
+                let mut v =
+                    serde_json::to_value(self.device.health_report()).unwrap_or(Value::Null);
+                if let Value::Object(m) = &mut v {
+                    m.insert("ok".into(), Value::Bool(true));
+                }
+                v
+            }
             Request::Stats {} => {
                 let mut v = serde_json::to_value(self.stats.summary()).unwrap_or(Value::Null);
                 if let Value::Object(m) = &mut v {
@@ -378,7 +385,20 @@ mod tests {
         assert_eq!(st["ok"], true);
         assert_eq!(st["generation"], 1);
         assert_eq!(st["model"]["dims"], json!([3, 2]));
-        assert_eq!(a.handle_line(r#"{"cmd":"health"}"#)["healthy"], true);
+        // Health: no frontend yet, then one (what the serve loop records).
+        let h = a.handle_line(r#"{"cmd":"health"}"#);
+        assert_eq!(
+            (h["ok"].clone(), h["healthy"].clone()),
+            (json!(true), json!(false))
+        );
+        assert_eq!(h["status"], "ready");
+        assert_eq!(h["checks"][1]["check"], "frontend");
+        assert_eq!(h["checks"][1]["state"], "disconnected");
+        assert_eq!(h["checks"][2]["state"], "stopped");
+        a.device.health().frontend_connected(); // what a session's SET_FEATURES does
+        let h = a.handle_line(r#"{"cmd":"health"}"#);
+        assert_eq!(h["healthy"], true, "{h}");
+        assert_eq!(h["checks"][2]["state"], "idle", "{h}");
         assert_eq!(a.handle_line(r#"{"cmd":"stats"}"#)["queues"][0]["ok"], 0);
         assert!(a.handle_line(r#"{"cmd":"metrics"}"#)["text"]
             .as_str()
@@ -476,7 +496,7 @@ mod tests {
         r.read_line(&mut l1).unwrap();
         r.read_line(&mut l2).unwrap();
         assert!(l1.contains("not UTF-8"), "{l1}");
-        assert!(l2.contains("\"healthy\":true"), "{l2}");
+        assert!(l2.contains("\"healthy\":false"), "{l2}");
 
         // Many concurrent clients.
         let handles: Vec<_> = (0..16)

@@ -19,6 +19,8 @@ use nn_core::protocol::{
     MAX_LAYERS, OP_NULL, OP_PREDICT, PROTOCOL_VERSION,
 };
 use nn_core::{Model, Scratch};
+
+use crate::health::{Health, ModelInfo};
 use virtio_queue::{DescriptorChain, Reader};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -47,9 +49,11 @@ pub struct NnDevice {
     /// Test-only: every request waits this long before it is answered, to
     /// make the device slow on purpose (guest timeout tests).
     delay_ms: AtomicU64,
-    /// Written at every model change; the backend waits on it to send an
-    /// event on the event queue.
+    /// Written at every model change (and when a worker dies); the backend
+    /// waits on it to send an event on the event queue.
     changed: EventFd,
+    /// The frontend connection and the workers' states.
+    health: Health,
 }
 
 /// Per-worker reusable buffers, so the data path does not allocate per request.
@@ -110,12 +114,48 @@ impl NnDevice {
             num_req_queues,
             changed: EventFd::new(libc::EFD_NONBLOCK)?,
             delay_ms: AtomicU64::new(0),
+            health: Health::new(num_req_queues),
         })
     }
 
-    /// Readable after a model change (an eventfd counter; read it to reset).
+    /// Readable after a model change or a worker's death (an eventfd
+    /// counter; read it to reset).
     pub fn changed(&self) -> &EventFd {
         &self.changed
+    }
+
+    /// The frontend connection and the workers' states.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The admin `health` reply's content.
+    pub fn health_report(&self) -> crate::health::Report {
+        let served = self.current();
+        self.health.report(&ModelInfo {
+            name: served.model.name.clone(),
+            generation: served.generation,
+        })
+    }
+
+    /// Records that request queue `queue`'s worker ended with `why` (its
+    /// thread stops) and tells the event queue: the status is now an error.
+    pub fn worker_died(&self, queue: usize, why: String) {
+        warn!("worker of queue {queue} ended: {why}");
+        self.health.died(queue, why);
+        if let Err(e) = self.changed.write(1) {
+            warn!("cannot signal the status change to the event queue: {e}");
+        }
+    }
+
+    /// The device status the config space shows: an error while a worker
+    /// is stuck or dead, else ready.
+    pub fn status(&self) -> u32 {
+        if self.health.failing() {
+            protocol::DEVICE_STATUS_ERROR
+        } else {
+            protocol::DEVICE_STATUS_READY
+        }
     }
 
     /// Number of request queues.
@@ -167,7 +207,7 @@ impl NnDevice {
             magic: CONFIG_MAGIC,
             version: PROTOCOL_VERSION,
             generation: served.generation,
-            status: protocol::DEVICE_STATUS_READY,
+            status: self.status(),
             num_layers: (dims.len() - 1) as u32,
             max_batch: MAX_BATCH,
             num_req_queues: self.num_req_queues,

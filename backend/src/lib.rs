@@ -9,6 +9,8 @@
 //! * [`admin`]: the admin socket (line-delimited JSON: status, health, stats,
 //!   metrics, load).
 //! * [`stats`]: request counters and latency histograms (Prometheus).
+//! * [`health`]: frontend connection and worker states (admin `health`,
+//!   the config space's status).
 //! * [`sandbox`]: the seccomp filter.
 //! * [`watch`]: `--watch`, reloading the model when its file changes.
 //!
@@ -17,6 +19,7 @@
 pub mod admin;
 pub mod control;
 pub mod device;
+pub mod health;
 pub mod sandbox;
 pub mod stats;
 pub mod supervisor;

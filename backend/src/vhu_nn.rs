@@ -9,6 +9,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -71,6 +72,9 @@ pub struct VhostUserNnBackend {
     buffers: Vec<Mutex<Buffers>>,
     /// Generation last announced on the event queue.
     announced: Mutex<u32>,
+    /// Device status last announced (or seen at connection) on the event
+    /// queue: a change of status alone is announced too.
+    announced_status: AtomicU32,
     exit: (EventConsumer, EventNotifier),
 }
 
@@ -79,6 +83,8 @@ impl VhostUserNnBackend {
     pub fn new(device: Arc<NnDevice>, stats: Arc<Stats>, num_queues: usize) -> Result<Self, Error> {
         let exit =
             new_event_consumer_and_notifier(EventFlag::NONBLOCK).map_err(Error::ExitEvent)?;
+        // One backend per session, served by new worker threads.
+        device.health().new_session();
         Ok(Self {
             stats,
             num_queues,
@@ -86,6 +92,7 @@ impl VhostUserNnBackend {
             event_idx: Mutex::new(false),
             buffers: (0..num_queues).map(|_| Mutex::default()).collect(),
             announced: Mutex::new(device.current().generation),
+            announced_status: AtomicU32::new(device.status()),
             device,
             exit,
         })
@@ -131,9 +138,11 @@ impl VhostUserNnBackend {
         )
     }
 
-    /// Announces the current generation on the event queue if it has not
-    /// been announced yet and the driver has posted a buffer; otherwise the
-    /// change stays pending until the next buffer arrives.
+    /// Announces the current generation and status on the event queue if
+    /// either changed since the last announcement and the driver has posted
+    /// a buffer; otherwise the change stays pending until the next buffer
+    /// arrives. (A worker's death wakes thread 0 through the change eventfd;
+    /// a stuck worker is seen in config space at the driver's next read.)
     fn announce(&self, vring: &VringRwLock) -> Result<(), Error> {
         let r = self.announce_once(vring);
         // Invariant: with EVENT_IDX the driver kicks only when avail->idx
@@ -159,7 +168,9 @@ impl VhostUserNnBackend {
         let mem = mem.memory();
         let cfg = self.device.config();
         let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
-        if *announced == cfg.generation {
+        if *announced == cfg.generation
+            && self.announced_status.load(Ordering::Relaxed) == cfg.status
+        {
             return Ok(());
         }
         let Some(chain) = vring
@@ -184,6 +195,7 @@ impl VhostUserNnBackend {
         };
         if written {
             *announced = cfg.generation;
+            self.announced_status.store(cfg.status, Ordering::Relaxed);
         } else {
             // The buffer is returned empty; the event waits for a good one.
             warn!("event buffer {head} cannot hold an event");
@@ -198,8 +210,11 @@ impl VhostUserNnBackend {
         }
     }
 
-    /// Asks the worker threads to stop.
+    /// The session ended: asks the worker threads to stop (health shows
+    /// the frontend gone at once, even while a worker still finishes a
+    /// request).
     pub fn notify_exit(&self) {
+        self.device.health().frontend_disconnected();
         if let Err(e) = self.exit.1.notify() {
             error!("cannot signal the worker threads to exit: {e}");
         }
@@ -230,6 +245,7 @@ impl VhostUserNnBackend {
             let outcome = self.device.process_chain(chain, &mem, &mut buf);
             self.stats
                 .record(queue, outcome.status, outcome.samples, start.elapsed());
+            self.device.health().progress(usize::from(queue));
             if let Err(e) = vring.add_used(head, outcome.used_len) {
                 warn!("cannot return descriptor {head}: {e}");
             }
@@ -275,6 +291,14 @@ impl VhostUserBackend for VhostUserNnBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
     }
 
+    fn acked_features(&self, _features: u64) {
+        // A frontend is connected once it sets the session's features (the
+        // first thing QEMU does). Not at accept: behind the supervisor the
+        // worker's socket is always connected, to the supervisor, which
+        // relays QEMU's messages only while QEMU is connected.
+        self.device.health().frontend_connected();
+    }
+
     fn set_event_idx(&self, enabled: bool) {
         *self.event_idx.lock().unwrap_or_else(|e| e.into_inner()) = enabled;
     }
@@ -295,6 +319,26 @@ impl VhostUserBackend for VhostUserNnBackend {
     }
 
     fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        // The worker is busy (see `health`) until this returns; an error
+        // ends its thread in the library, so it is recorded as its death.
+        let _busy = self.device.health().busy(thread_id);
+        let r = self.serve_event(device_event, evset, vrings, thread_id);
+        if let Err(e) = &r {
+            self.device.worker_died(thread_id, e.to_string());
+        }
+        r
+    }
+}
+
+impl VhostUserNnBackend {
+    /// [`VhostUserBackend::handle_event`] without the health bookkeeping.
+    fn serve_event(
         &self,
         device_event: u16,
         evset: EventSet,

@@ -654,6 +654,14 @@ impl Frontend {
         self.q(queue).kick.write(1)
     }
 
+    /// Makes the daemon's next interrupt on `queue` fail: fills the call
+    /// eventfd's counter to its maximum, so the daemon's write to it fails
+    /// with EAGAIN (as with a frontend that never reads its interrupts).
+    /// Waiting for a used entry on `queue` resets it.
+    pub fn jam_call(&self, queue: usize) -> io::Result<()> {
+        self.q(queue).call.write(u64::MAX - 1)
+    }
+
     /// Kicks sent on `queue` so far (after notification suppression).
     pub fn kicks(&self, queue: usize) -> u64 {
         self.q(queue).kicks
