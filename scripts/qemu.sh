@@ -23,6 +23,10 @@
 #   --kernel FILE        default $KERNEL_IMAGE
 #   --initrd FILE        default $INITRAMFS
 #   --dry-run            print the command instead of running it
+#   --print-device       print the -device value of the virtio-nn device
+#                        (driver,prop=value,...) for --queues/--config-size/
+#                        --vq-size and exit: what a QMP device_add must pass
+#                        (tests/avocado/nnlib.py builds its device_add from it)
 #   -- ARGS...           passed to QEMU unchanged (e.g. -- -S)
 #
 # QEMU is exec'd: the caller's PID is QEMU's PID. The guest ends with
@@ -38,20 +42,22 @@
 #   ... restart the daemon ...
 #   {"execute":"chardev-add","arguments":{"id":"nn0","backend":{"type":"socket",
 #       "data":{"addr":{"type":"unix","data":{"path":"PATH"}},"server":false}}}}
-#   {"execute":"device_add","arguments":{"driver":"vhost-user-test-device-pci",
-#       "id":"nn0dev","bus":"rp0","chardev":"nn0","virtio-id":38,"num_vqs":2,
-#       "config_size":64}}
+#   {"execute":"device_add","arguments":{...}}   with the properties that
+#       `scripts/qemu.sh --print-device --queues N` prints
+#       (vhost-user-test-device-pci,id=nn0dev,bus=rp0,chardev=nn0,virtio-id=...)
 # ACPI PCI hotplug is switched off so the root port exposes native PCIe
 # hotplug, which the guest kernel (no ACPI) handles with pciehp.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # virtio device id: an assigned id that no Linux driver claims and that QEMU
-# knows a name for (38 = "parameter server"). Keep in sync with the driver.
+# knows a name for (38 = "parameter server"). Its definition is
+# protocol::VIRTIO_ID_NN (nn-core/src/protocol.rs); nn-core's
+# tests/interfaces.rs runs --print-device and compares.
 VIRTIO_NN_DEVICE_ID=38
 
 socket="" queues=1 config_size=64 vq_size="" mem=512M smp=1 kvm=0
-serial=stdio qmp="" append_extra="" dry_run=0
+serial=stdio qmp="" append_extra="" dry_run=0 print_device=0
 kernel="$KERNEL_IMAGE" initrd="$INITRAMFS"
 extra=()
 
@@ -73,6 +79,7 @@ while (($#)); do
         --kernel)      need "$@"; kernel="$2"; shift 2 ;;
         --initrd)      need "$@"; initrd="$2"; shift 2 ;;
         --dry-run)     dry_run=1; shift ;;
+        --print-device) print_device=1; shift ;;
         -h|--help)     usage; exit 0 ;;
         --)            shift; extra=("$@"); break ;;
         *)             die "unknown argument: $1 (see --help)" ;;
@@ -81,6 +88,17 @@ done
 
 [[ $queues =~ ^[0-9]+$ && $config_size =~ ^[0-9]+$ && $smp =~ ^[0-9]+$ ]] \
     || die "--queues, --config-size and --smp take numbers"
+[[ -z $vq_size || $vq_size =~ ^[0-9]+$ ]] || die "--vq-size takes a number"
+
+# The virtio-nn device: the one place its QEMU properties are built.
+dev="vhost-user-test-device-pci,id=nn0dev,bus=rp0,chardev=nn0"
+dev+=",virtio-id=$VIRTIO_NN_DEVICE_ID,num_vqs=$((queues + 1)),config_size=$config_size"
+[[ -n $vq_size ]] && dev+=",vq_size=$vq_size"
+if ((print_device)); then
+    echo "$dev"
+    exit 0
+fi
+
 [[ -x $QEMU_ROOT/usr/bin/qemu-system-x86_64 ]] || die "no QEMU in $QEMU_ROOT: run scripts/setup-host.sh"
 [[ -f $kernel ]] || die "no kernel at $kernel: run scripts/build-kernel.sh"
 [[ -f $initrd ]] || die "no initramfs at $initrd: run scripts/build-initramfs.sh"
@@ -118,9 +136,6 @@ esac
 
 if [[ -n $socket ]]; then
     [[ -S $socket ]] || die "$socket is not a socket (is the daemon running?)"
-    dev="vhost-user-test-device-pci,id=nn0dev,bus=rp0,chardev=nn0"
-    dev+=",virtio-id=$VIRTIO_NN_DEVICE_ID,num_vqs=$((queues + 1)),config_size=$config_size"
-    [[ -n $vq_size ]] && dev+=",vq_size=$vq_size"
     args+=(-chardev "socket,id=nn0,path=$socket" -device "$dev")
 fi
 

@@ -94,8 +94,9 @@ class Bench(NNTest):
         if self.has("/dev/neural_network"):
             g.put_words("/tmp/sample", self.q1)
             for batch in (1, 256):
-                for name, magic in (("predict", 0x51524E4E), ("null", 0x4E524E4E)):
-                    g.put_words("/tmp/req", [magic, batch, self.in_w, 0])
+                for name, kind in (("predict", "request"), ("null", "null")):
+                    g.put_words("/tmp/req", nnlib.dev_request(self.in_w, [], num_samples=batch,
+                                                              magic=nnlib.dev_magic(kind)))
                     g.out(f"i=0; while [ $i -lt {batch} ]; do cat /tmp/sample >>/tmp/req; "
                           "i=$((i+1)); done")
                     n = N if batch == 1 else max(10, N // 10)

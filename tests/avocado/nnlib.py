@@ -16,6 +16,7 @@ silenced (dmesg -n 1) so kernel messages never interleave with outputs; the
 kernel log is read with dmesg instead.
 """
 
+import functools
 import json
 import os
 import re
@@ -31,15 +32,65 @@ RELEASE = os.path.join(REPO, "target", "release")
 DAEMON = os.environ.get("VIRTIO_NN_DAEMON", os.path.join(RELEASE, "vhost-user-nn"))
 MODEL_TOOL = os.environ.get("VIRTIO_NN_MODEL_TOOL", os.path.join(RELEASE, "nn-model"))
 DEFAULT_MODEL = os.path.join(REPO, "weights", "default.safetensors")
-VIRTIO_ID = 38
+BAD_LOG_FILE = os.path.join(REPO, "tests", "kernel-log-bad.txt")
 
-# Kernel-log patterns that mean a bug (KASAN, lockdep, sleeping in atomic,
-# warnings, oopses).
-BAD_LOG = re.compile(
-    r"BUG:|WARNING:|Oops|Call Trace|KASAN|refcount_t|sleeping function called|"
-    r"possible circular locking|possible recursive locking|inconsistent lock state|"
-    r"suspicious RCU usage|INFO: task .* blocked|hung_task|general protection|"
-    r"kernel BUG|unreferenced object")
+
+def _bad_log_patterns():
+    """(patterns, exceptions) of tests/kernel-log-bad.txt, the one list of
+    kernel-log lines that mean a bug (KASAN, lockdep, sleeping in atomic,
+    warnings, oopses, ...)."""
+    patterns, exceptions = [], []
+    with open(BAD_LOG_FILE) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            (exceptions if line.startswith("!") else patterns).append(line.lstrip("!"))
+    return patterns, exceptions
+
+
+_BAD, _BAD_EXCEPTIONS = _bad_log_patterns()
+BAD_LOG = re.compile("|".join(re.escape(p) for p in _BAD))
+
+
+@functools.lru_cache(maxsize=None)
+def abi():
+    """The guest-facing definitions, from their one source (nn-core's
+    protocol.rs, dev_abi.rs, proc_text.rs) through `nn-model abi`: a dict
+    with virtio_id, config_size, dev (path, request_magic / null_magic /
+    response_magic as {"value", "tag"}, header_len, max_write_len,
+    request_header / response_header as [name, byte offset] pairs) and proc
+    (max_write_len, whole_range, q16_range)."""
+    out = subprocess.run([MODEL_TOOL, "abi"], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out)
+
+
+def dev_magic(kind):
+    """The /dev/neural_network magic 'request', 'null' or 'response'."""
+    return abi()["dev"][f"{kind}_magic"]["value"]
+
+
+def dev_request(in_dim, values, num_samples=1, timeout_ms=0, magic=None):
+    """A /dev/neural_network request as 32-bit words: the header (laid out
+    as nn-model abi says) then values. magic defaults to the request magic;
+    nothing is checked, so that tests can build bad requests."""
+    dev = abi()["dev"]
+    fields = dict(magic=dev_magic("request") if magic is None else magic,
+                  num_samples=num_samples, in_dim=in_dim, timeout_ms=timeout_ms)
+    header = [0] * (dev["header_len"] // 4)
+    for name, offset in dev["request_header"]:
+        header[offset // 4] = fields[name]
+    return header + list(values)
+
+
+def dev_response(words):
+    """The header of a /dev/neural_network answer given as 32-bit words: a
+    dict of its fields (magic, num_samples, out_dim, generation), and the
+    outputs after it."""
+    dev = abi()["dev"]
+    head = {name: words[offset // 4] for name, offset in dev["response_header"]}
+    return head, words[dev["header_len"] // 4:]
 
 
 def _cache():
@@ -438,11 +489,22 @@ class Guest:
         self.qmp.cmd("chardev-add", id="nn0", backend={
             "type": "socket", "data": {"addr": {"type": "unix", "data": {"path": sock}},
                                        "server": False}})
-        props = {"virtio-id": VIRTIO_ID, "num_vqs": self.queues + 1, "config_size": 64}
+        self.qmp.cmd("device_add", **self.device_props())
+
+    def device_props(self):
+        """device_add arguments of the virtio-nn device: the properties
+        scripts/qemu.sh builds (--print-device), the one place they are made."""
+        cmd = [os.path.join(REPO, "scripts/qemu.sh"), "--print-device",
+               "--queues", str(self.queues)]
         if self.vq_size:
-            props["vq_size"] = self.vq_size
-        self.qmp.cmd("device_add", driver="vhost-user-test-device-pci", id="nn0dev",
-                     bus="rp0", chardev="nn0", **props)
+            cmd += ["--vq-size", str(self.vq_size)]
+        driver, *props = subprocess.run(cmd, check=True, capture_output=True,
+                                        text=True).stdout.strip().split(",")
+        args = {"driver": driver}
+        for prop in props:
+            k, v = prop.split("=", 1)
+            args[k] = int(v) if v.isdigit() else v
+        return args
 
 
 def _report(dmesg, start):
@@ -463,11 +525,12 @@ def kmemleak_ours(report):
 
 
 def bad_log_lines(dmesg):
-    """Lines of a guest kernel log that report a bug. The one exception (as
-    in tests/guest/guest-test.sh): lockdep's report about the kernel's own
+    """Lines of a guest kernel log that report a bug (tests/kernel-log-bad.txt).
+    The one exception: lockdep's report about the kernel's own
     pciehp locks on hot-unplug (reset_lock vs pci_rescan_remove_lock), when
     it is the only WARNING and has no virtio_nn frame. Returns (bad, notes)."""
-    bad = [l for l in dmesg.splitlines() if BAD_LOG.search(l) and "kmemleak: " not in l]
+    bad = [l for l in dmesg.splitlines()
+           if BAD_LOG.search(l) and not any(e in l for e in _BAD_EXCEPTIONS)]
     notes = []
     warnings = [l for l in bad if "WARNING:" in l]
     if (bad and warnings and all("possible circular locking" in l for l in warnings)

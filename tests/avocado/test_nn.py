@@ -38,8 +38,6 @@ TIMEOUT_P = "/sys/module/virtio_nn/parameters/timeout_ms"
 CACHE_P = "/sys/module/virtio_nn/parameters/cache_ms"
 CONS = "/lib/modules/nn_consumer.ko"
 KO = "/lib/modules/virtio_nn.ko"
-RS_MAGIC = 0x53524E4E
-NULL_MAGIC = 0x4E524E4E
 
 
 def le32_octal(values):
@@ -227,7 +225,7 @@ class NNTest(Test):
         values = values or self.q1
         f = DEV if dev else (Q if q16 else P)
         if dev:
-            g.put_words(f"/tmp/{tag}.in", [0x51524E4E, 1, len(values), 0] + values)
+            g.put_words(f"/tmp/{tag}.in", nnlib.dev_request(len(values), values))
             read = "dd bs=1M count=1 2>{err} <&3 | od -An -t d4 -v"
         else:
             g.put_file(f"/tmp/{tag}.in", csv(values) + "\n")
@@ -277,18 +275,21 @@ class Functional(NNTest):
         g.put_file("/tmp/in", csv(self.in1) + "\n")
         self.assertEqual(g.out(f"cat /tmp/in >{P}; cat {P}"), self.ref(self.in1, q16=False))
         self.require(DEV)
-        g.put_words("/tmp/req", [0x51524E4E, 1, self.in_w, 0] + self.q1)
+        g.put_words("/tmp/req", nnlib.dev_request(self.in_w, self.q1))
         words = g.out(f"sh -c 'exec 3<>{DEV}; cat /tmp/req >&3; "
                       f"dd bs=1M count=1 2>/dev/null <&3' | od -An -t d4 -v").split()
         words = [int(x) for x in words]
         gen = self.daemon.status()["generation"]
-        self.assertEqual(words[:4], [RS_MAGIC, 1, self.out_w, gen], "/dev header")
+        self.assertEqual(words[:4], [nnlib.dev_magic("response"), 1, self.out_w, gen],
+                         "/dev header")
         self.assertEqual(csv(words[4:]), self.ref(self.q1), "/dev answer")
         # the null request: the same round trip, header only
-        g.put_words("/tmp/req", [NULL_MAGIC, 2, self.in_w, 0] + self.q1 + self.q1)
+        g.put_words("/tmp/req", nnlib.dev_request(self.in_w, self.q1 + self.q1, num_samples=2,
+                                                  magic=nnlib.dev_magic("null")))
         words = g.out(f"sh -c 'exec 3<>{DEV}; cat /tmp/req >&3; "
                       f"dd bs=1M count=1 2>/dev/null <&3' | od -An -t d4 -v").split()
-        self.assertEqual([int(x) for x in words], [RS_MAGIC, 2, 0, gen], "/dev null request")
+        self.assertEqual([int(x) for x in words], [nnlib.dev_magic("response"), 2, 0, gen],
+                         "/dev null request")
         self.check_log()
 
     def test_sysfs_status(self):
@@ -356,12 +357,13 @@ class Functional(NNTest):
         self.assertIn("No data available", out, "read in a session without an answer")
         self.require(DEV)
         bad = {
-            "bad magic": [0x58524E4E, 1, self.in_w, 0] + self.q1,
-            "zero samples": [0x51524E4E, 0, self.in_w, 0] + self.q1,
-            "wrong width": [0x51524E4E, 1, self.in_w - 1, 0] + self.q1[1:],
-            "length mismatch": [0x51524E4E, 2, self.in_w, 0] + self.q1,
-            "negative timeout": [0x51524E4E, 1, self.in_w, -5] + self.q1,
-            "short write": [0x51524E4E, 1],
+            "bad magic": nnlib.dev_request(self.in_w, self.q1,
+                                           magic=int.from_bytes(b"NNRX", "little")),
+            "zero samples": nnlib.dev_request(self.in_w, self.q1, num_samples=0),
+            "wrong width": nnlib.dev_request(self.in_w - 1, self.q1[1:]),
+            "length mismatch": nnlib.dev_request(self.in_w, self.q1, num_samples=2),
+            "negative timeout": nnlib.dev_request(self.in_w, self.q1, timeout_ms=-5),
+            "short write": nnlib.dev_request(self.in_w, [])[:2],
         }
         for name, words in bad.items():
             g.put_words("/tmp/bad", words)
@@ -422,8 +424,8 @@ class Faults(NNTest):
                 # generation gen0 + k is model A for even k, B for odd k
                 b_gen = (gen - gen0) % 2 == 1
                 want = (1, out_b if b_gen else self.out_w, ref_b if b_gen else ref_a)
-                ok = magic == RS_MAGIC and gen0 <= gen <= gen0 + swaps and \
-                    (samples, width, ",".join(outs)) == want
+                ok = (magic == nnlib.dev_magic("response") and gen0 <= gen <= gen0 + swaps
+                      and (samples, width, ",".join(outs)) == want)
                 gens.add(gen)
             if not ok:
                 bad[f"/dev: {line}"] = n
@@ -624,7 +626,7 @@ class Faults(NNTest):
         self.assertTrue(g.alive(), "QEMU died at a wrong-width write: " + g.qemu_output())
         self.assertIn("Invalid argument", out, "wrong width on /proc")
         self.require(DEV)
-        g.put_words("/tmp/bad", [0x51524E4E, 1, self.in_w - 1, 0] + self.q1[1:])
+        g.put_words("/tmp/bad", nnlib.dev_request(self.in_w - 1, self.q1[1:]))
         rc, out = g.run(f"sh -c 'exec 3<>{DEV}; cat /tmp/bad >&3'")
         self.assertIn("Invalid argument", out, "wrong width on /dev")
         rc, out = self.predict(self.q1)

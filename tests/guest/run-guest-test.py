@@ -26,8 +26,10 @@ scalar reference), so the guest's answers are compared bit for bit. The
 runner serves the guest script's "@@HOST:<what>" requests: stop-daemon /
 cont-daemon (SIGSTOP/SIGCONT, to make a request time out and then be
 answered late), swap-a|b|c (admin load), unplug / replug (QMP device_del,
-daemon restart, device_add). Exit status 0 if the guest prints
-"GUEST-TEST: PASS".
+daemon restart, device_add), kernel-log (the guest's dmesg follows; the
+runner answers "clean" or what nnlib.bad_log_lines found). The
+/dev/neural_network magics and header layouts go to /etc/nn-expected from
+`nn-model abi`. Exit status 0 if the guest prints "GUEST-TEST: PASS".
 """
 
 import argparse
@@ -67,6 +69,13 @@ def write_expected(path, models):
         "B_MODEL": "x".join(map(str, nnlib.model_dims(b))), "B_OUT": nnlib.reference(b, q1),
         "C_IN": csv(c_in), "C_OUT": nnlib.reference(c, c_in),
     }
+    # The /dev/neural_network ABI from its one source (nn-model abi).
+    dev = nnlib.abi()["dev"]
+    for kind in ("request", "null", "response"):
+        lines[f"DEV_{kind.upper()}_MAGIC"] = dev[f"{kind}_magic"]["value"]
+    for part in ("request", "response"):
+        fields = sorted(dev[f"{part}_header"], key=lambda f: f[1])
+        lines[f"DEV_{part.upper()}_HEADER"] = " ".join(name for name, _ in fields)
     with open(path, "a") as f:
         for k, v in lines.items():
             f.write(f"{k}='{v}'\n")
@@ -151,6 +160,15 @@ def serve(guest, daemon, models):
         print(m.group(0), end="", flush=True)
         if kind == "GUEST-TEST:":
             return kind + " " + what
+        if what == "kernel-log":
+            # the guest's dmesg follows, up to a marker; judged here, by the
+            # harness's one definition of a bad kernel log
+            _, log = guest.wait_for(r"@@KERNEL-LOG-END\n", TIMEOUT)
+            bad, notes = nnlib.bad_log_lines(log)
+            for line in notes + bad:
+                print(f"[runner] kernel log: {line}", flush=True)
+            guest.send("clean\n" if not bad else f"{len(bad)} bad lines (see above)\n")
+            continue
         if what == "stop-daemon":
             daemon.signal(signal.SIGSTOP)
         elif what == "cont-daemon":

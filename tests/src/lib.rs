@@ -18,7 +18,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nn_core::{fixed, Model};
+use nn_core::proc_text::{self, Format};
+use nn_core::Model;
 
 pub use vhost_user_nn::testing::daemon::{Daemon, DaemonBuilder};
 
@@ -218,31 +219,94 @@ impl Drop for Guest {
     }
 }
 
+/// Host reference for a `/proc/neural_network` file of `format`: `input`
+/// as written to it, the outputs as it shows them (the driver's own
+/// conversions, `nn_core::proc_text`).
+pub fn reference(model: &Model, format: Format, input: &[i32]) -> Vec<i32> {
+    let x: Vec<i32> = input
+        .iter()
+        .map(|&v| {
+            format
+                .to_q16(v.into())
+                .expect("input in the format's range")
+        })
+        .collect();
+    let y = model.mlp.predict(&x).expect("input width matches");
+    y.into_iter().map(|v| format.from_q16(v)).collect()
+}
+
 /// Host reference for `/proc/neural_network/predict`: whole-number inputs,
 /// outputs floored to whole numbers.
 pub fn reference_int(model: &Model, input: &[i32]) -> Vec<i32> {
-    let x: Vec<i32> = input
-        .iter()
-        .map(|&v| fixed::from_int(v).expect("input fits Q16.16"))
-        .collect();
-    let y = model.mlp.predict(&x).expect("input width matches");
-    y.into_iter().map(fixed::to_int).collect()
+    reference(model, Format::Whole, input)
 }
 
 /// Host reference for `/proc/neural_network/predict_q16`: raw Q16.16 in and out.
 pub fn reference_q16(model: &Model, input: &[i32]) -> Vec<i32> {
-    model.mlp.predict(input).expect("input width matches")
+    reference(model, Format::Q16, input)
 }
 
-/// `1,2,3`-style text of a vector.
+/// `1,2,3`-style text of a vector, as the driver prints values (without
+/// the final newline).
 pub fn csv(v: &[i32]) -> String {
-    v.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut out = vec![0u8; proc_text::formatted_len(v.len())];
+    let len = proc_text::format_values(v, Format::Q16, &mut out);
+    out.truncate(len - 1);
+    String::from_utf8(out).expect("decimal digits")
 }
 
-/// Parses the driver's `a,b,c\n` answer.
+/// Parses the driver's `a,b,c\n` answer (the values as shown) with the
+/// driver's parser.
 pub fn parse_csv(s: &str) -> Option<Vec<i32>> {
-    s.trim().split(',').map(|t| t.trim().parse().ok()).collect()
+    let mut v = vec![0; proc_text::count_fields(s.as_bytes())];
+    proc_text::parse_values(s.as_bytes(), Format::Q16, &mut v).ok()?;
+    Some(v)
+}
+
+/// `tests/kernel-log-bad.txt`, the one list of kernel-log lines that mean
+/// a bug (also read by `tests/avocado/nnlib.py`).
+const BAD_KERNEL_LOG: &str = include_str!("../kernel-log-bad.txt");
+
+/// The lines of a guest kernel log that report a bug: those holding one of
+/// the strings of `tests/kernel-log-bad.txt` and none of its `!` exceptions.
+/// (nnlib's `bad_log_lines` also forgives the kernel's own pciehp lockdep
+/// report on a hot-unplug, which these tests never do.)
+pub fn bad_kernel_log_lines(log: &str) -> Vec<&str> {
+    let entries = BAD_KERNEL_LOG
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let (exceptions, patterns): (Vec<&str>, Vec<&str>) = entries.partition(|l| l.starts_with('!'));
+    log.lines()
+        .filter(|l| patterns.iter().any(|p| l.contains(p)))
+        .filter(|l| !exceptions.iter().any(|e| l.contains(&e[1..])))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_kernel_log() {
+        let log = "virtio_nn: probe\n\
+                   WARNING: CPU: 0 PID: 1 at lib/foo.c:1\n\
+                   kmemleak: 1 new suspected memory leaks (BUG: not this)\n\
+                   Kernel panic - not syncing\n";
+        assert_eq!(
+            bad_kernel_log_lines(log),
+            [
+                "WARNING: CPU: 0 PID: 1 at lib/foo.c:1",
+                "Kernel panic - not syncing"
+            ]
+        );
+        assert!(bad_kernel_log_lines("virtio_nn: init done\n").is_empty());
+    }
+
+    #[test]
+    fn proc_text_helpers() {
+        assert_eq!(csv(&[1, -2, 3]), "1,-2,3");
+        assert_eq!(csv(&[]), "");
+        assert_eq!(parse_csv("1,-2,3\n"), Some(vec![1, -2, 3]));
+        assert_eq!(parse_csv("1,x"), None);
+    }
 }
