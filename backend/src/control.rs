@@ -25,6 +25,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Environment variable holding the supervisor's [`Info`] (JSON) in a worker.
 pub const ENV_INFO: &str = "VHOST_USER_NN_SUPERVISOR";
+/// Environment variable holding the pid a spawner or worker was started by,
+/// checked after `PR_SET_PDEATHSIG` (the parent may already be gone).
+pub const ENV_PARENT: &str = "VHOST_USER_NN_PARENT";
 /// Largest control packet.
 const MAX_PACKET: usize = 64 * 1024;
 /// How long a worker waits for the supervisor's answer (an upgrade answers

@@ -47,7 +47,7 @@ struct Cli {
 struct ServeArgs {
     /// Path of the vhost-user Unix socket QEMU connects to (created; an
     /// existing file there is replaced).
-    #[arg(long, required_unless_present_any = ["fd", "print_capabilities"])]
+    #[arg(long, required_unless_present_any = ["fd", "print_capabilities", "spawner_fd"])]
     socket_path: Option<PathBuf>,
 
     /// Serve an already listening Unix socket inherited as this file
@@ -60,8 +60,13 @@ struct ServeArgs {
     #[arg(long, exclusive = true)]
     print_capabilities: bool,
 
+    /// The supervisor's spawner: starts workers on request over this
+    /// descriptor (see backend/src/supervisor/spawner.rs).
+    #[arg(long, hide = true, exclusive = true)]
+    spawner_fd: Option<RawFd>,
+
     /// Model file (safetensors, Q16.16; see nn-core/src/model.rs).
-    #[arg(long, required_unless_present = "print_capabilities")]
+    #[arg(long, required_unless_present_any = ["print_capabilities", "spawner_fd"])]
     model: Option<PathBuf>,
 
     /// Number of request queues (QEMU's `num_vqs` must match).
@@ -252,16 +257,19 @@ fn exit_on_signals(paths: Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-/// A worker must not outlive its supervisor (it would hold nothing QEMU
-/// can reach): it is killed when the supervisor dies.
-fn die_with_supervisor() -> Result<(), String> {
+/// A worker or spawner must not outlive the supervisor (it would hold
+/// nothing QEMU can reach): it is killed when its parent (the spawner, or
+/// the supervisor) dies.
+fn die_with_parent() -> Result<(), String> {
     use rustix::process::{getppid, set_parent_process_death_signal, Signal};
     set_parent_process_death_signal(Some(Signal::KILL))
         .map_err(|e| format!("PR_SET_PDEATHSIG: {e}"))?;
-    let supervisor = control::Info::from_env().map(|i| i.pid);
-    let parent = getppid().map(|p| p.as_raw_nonzero().get() as u32);
-    if supervisor.is_some() && supervisor != parent {
-        return Err("the supervisor exited before its worker started".into());
+    let parent = std::env::var(control::ENV_PARENT)
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok());
+    let actual = getppid().map(|p| p.as_raw_nonzero().get() as u32);
+    if parent.is_some() && parent != actual {
+        return Err("the supervisor exited before this process started".into());
     }
     Ok(())
 }
@@ -309,6 +317,7 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
         worker_args,
         exe,
         min_backoff: Duration::from_millis(args.restart_backoff_ms),
+        seccomp: args.seccomp,
     })
 }
 
@@ -332,7 +341,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         return supervise(args);
     }
     if args.control_fd.is_some() {
-        die_with_supervisor()?;
+        die_with_parent()?;
     }
     let Some(model_path) = args.model.clone() else {
         return Err("--model is required".into());
@@ -526,7 +535,12 @@ fn main() -> ExitCode {
             println!("{}", VhostUserNnBackend::capabilities());
             Ok(())
         }
-        None => serve(cli.serve),
+        None => match cli.serve.spawner_fd {
+            Some(fd) => die_with_parent().and_then(|()| {
+                supervisor::spawner::serve(inherited(fd, "--spawner-fd")?)
+            }),
+            None => serve(cli.serve),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

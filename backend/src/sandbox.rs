@@ -108,8 +108,76 @@ pub const ALLOWED: &[i64] = &[
     libc::SYS_prlimit64,
 ];
 
+/// System calls the supervisor makes after start-up: relaying messages,
+/// a socket pair and a listening socket per worker, signals and pidfds.
+/// No `execve`, `clone`, `openat`, `epoll`, `eventfd` or `memfd_create`:
+/// workers are started by the spawner, which is not filtered.
+pub const SUPERVISOR_ALLOWED: &[i64] = &[
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_pread64,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_accept4,
+    libc::SYS_socket,
+    libc::SYS_socketpair,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_close,
+    libc::SYS_unlink,
+    libc::SYS_mkdir,
+    libc::SYS_mkdirat,
+    libc::SYS_rmdir,
+    libc::SYS_fcntl,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mremap,
+    libc::SYS_madvise,
+    libc::SYS_brk,
+    libc::SYS_futex,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_sigaltstack,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    libc::SYS_restart_syscall,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
+    libc::SYS_getrandom,
+];
+
 /// Compiles the filter for `mode`; `None` for [`Mode::Off`].
 pub fn filter(mode: Mode) -> Result<Option<BpfProgram>, String> {
+    filter_of(ALLOWED, mode)
+}
+
+/// Installs the supervisor's filter (on its one thread).
+pub fn apply_supervisor(mode: Mode) -> Result<(), String> {
+    match filter_of(SUPERVISOR_ALLOWED, mode)? {
+        Some(bpf) => seccompiler::apply_filter_all_threads(&bpf)
+            .map_err(|e| format!("installing the supervisor's seccomp filter: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// The filter allowing `allowed`, for `mode`.
+pub fn filter_of(allowed: &[i64], mode: Mode) -> Result<Option<BpfProgram>, String> {
     let mismatch = match mode {
         Mode::Off => return Ok(None),
         Mode::Errno => SeccompAction::Errno(libc::EPERM as u32),
@@ -117,7 +185,7 @@ pub fn filter(mode: Mode) -> Result<Option<BpfProgram>, String> {
         Mode::Log => SeccompAction::Log,
     };
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+        allowed.iter().map(|&nr| (nr, Vec::new())).collect();
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|e| format!("seccomp: unsupported architecture: {e}"))?;
     let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
@@ -152,6 +220,51 @@ mod tests {
             );
         }
         assert!(filter(Mode::Off).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_supervisors_list_is_smaller_and_spawns_nothing() {
+        let mut v = SUPERVISOR_ALLOWED.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        assert_eq!(v.len(), SUPERVISOR_ALLOWED.len());
+        assert!(SUPERVISOR_ALLOWED.len() < ALLOWED.len());
+        for forbidden in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_fork,
+            libc::SYS_openat,
+            libc::SYS_epoll_create1,
+            libc::SYS_eventfd2,
+            libc::SYS_memfd_create,
+            libc::SYS_mprotect,
+            libc::SYS_ioctl,
+            libc::SYS_ptrace,
+        ] {
+            assert!(!SUPERVISOR_ALLOWED.contains(&forbidden), "{forbidden}");
+        }
+    }
+
+    /// A thread under the supervisor's filter cannot open a file or start a
+    /// process (the filter is installed on a thread of its own; seccomp
+    /// filters are per thread unless synchronised).
+    #[test]
+    fn under_the_supervisors_filter_open_and_exec_are_refused() {
+        let bpf = filter_of(SUPERVISOR_ALLOWED, Mode::Errno).unwrap().unwrap();
+        let (open, exec) = std::thread::spawn(move || {
+            seccompiler::apply_filter(&bpf).unwrap();
+            let open = std::fs::File::open("/etc/hostname").map_err(|e| e.raw_os_error());
+            let exec = std::process::Command::new("/bin/true")
+                .status()
+                .map_err(|e| e.raw_os_error());
+            (open.err(), exec.err())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(open, Some(Some(libc::EPERM)), "openat refused");
+        assert!(exec.is_some(), "a process could be started: {exec:?}");
     }
 
     #[test]

@@ -352,6 +352,12 @@ fn a_crash_loop_backs_off_and_config_reads_then_say_error() {
     let second = worker_pid(&daemon, Some(first));
     kill(second);
     let t = Instant::now();
+    // Once the supervisor has seen the death (a config read sent before
+    // that goes to the dead worker and is sent again to the next one).
+    while !daemon.log().contains("crash loop, next start in 3000 ms") {
+        assert!(t.elapsed() < Duration::from_secs(2), "{}", tail(&daemon.log()));
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // No worker: config reads answer at once, from the last config, ERROR.
     let cfg = fe.config().expect("a config read while no worker runs");
     assert_eq!(cfg.status, DEVICE_STATUS_ERROR);
@@ -374,7 +380,6 @@ fn a_crash_loop_backs_off_and_config_reads_then_say_error() {
     assert!(status["supervisor"]["last_exit"]
         .as_str()
         .is_some_and(|e| e.contains("SIGKILL")));
-    assert!(daemon.log().contains("crash loop, next start in 3000 ms"));
 }
 
 #[test]

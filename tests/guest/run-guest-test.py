@@ -153,6 +153,7 @@ def main():
 def serve(guest, daemon, models):
     """Prints the guest's output and serves its @@HOST requests until it
     prints its result line; returns that line."""
+    stopped = None  # the worker stop-daemon stopped
     while True:
         m, out = guest.wait_for(r"(@@HOST:|GUEST-TEST:)([^\n]*)\n", TIMEOUT)
         print(out, end="", flush=True)
@@ -170,11 +171,14 @@ def serve(guest, daemon, models):
             guest.send("clean\n" if not bad else f"{len(bad)} bad lines (see above)\n")
             continue
         if what == "stop-daemon":
-            daemon.signal(signal.SIGSTOP)
+            # the worker serves the queues (the supervisor only relays
+            # vhost-user messages): stopping it makes requests time out
+            stopped = daemon.worker_pid()
+            os.kill(stopped, signal.SIGSTOP)
         elif what == "cont-daemon":
-            daemon.signal(signal.SIGCONT)
+            os.kill(stopped, signal.SIGCONT)
         elif what == "cont-daemon-in-3s":
-            threading.Timer(3, daemon.signal, (signal.SIGCONT,)).start()
+            threading.Timer(3, os.kill, (stopped, signal.SIGCONT)).start()
         elif what.startswith("swap-"):
             daemon.load(models[what[5:]])
         elif what == "unplug":

@@ -18,24 +18,24 @@
 //! restart.
 
 mod journal;
+pub mod spawner;
 mod wire;
 
 use std::ffi::OsString;
-use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use command_fds::{CommandFdExt, FdMapping};
 use log::{error, info, warn};
 use nn_core::protocol::{cfg, CONFIG_SIZE, DEVICE_STATUS_ERROR};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
 use crate::control::{self, Info, ToSupervisor, ToWorker};
+use crate::sandbox::{self, Mode};
+use spawner::{Spawn, Spawner};
 pub use journal::Journal;
 use wire::{code, Msg, WireError, FLAG_REPLY, VERSION_1};
 
@@ -75,15 +75,17 @@ pub struct Config {
     pub exe: PathBuf,
     /// First wait of a crash loop (zero: restart at once, always).
     pub min_backoff: Duration,
+    /// The supervisor's own seccomp filter (workers install theirs).
+    pub seccomp: Mode,
 }
 
 /// A running worker.
 struct Worker {
-    child: Child,
+    pid: u32,
     pidfd: OwnedFd,
+    /// The private directory of its vhost-user socket.
+    dir: PathBuf,
     control: OwnedFd,
-    /// Its vhost-user socket (a listening socket in the private directory).
-    socket: PathBuf,
     /// The supervisor's connection to it, standing in for QEMU's.
     conn: Option<UnixStream>,
     started: Instant,
@@ -98,8 +100,6 @@ struct Pending {
 
 struct Supervisor {
     cfg: Config,
-    /// Private directory of the workers' sockets.
-    dir: PathBuf,
     /// The served model (a sealed memfd), its generation and source.
     model: Option<OwnedFd>,
     generation: u32,
@@ -117,6 +117,7 @@ struct Supervisor {
     /// whether the worker waits for the outcome (an admin request).
     upgrade: Option<(Option<PathBuf>, bool)>,
     spawned: u64,
+    spawner: Spawner,
     term: UnixStream,
     hup: UnixStream,
 }
@@ -138,12 +139,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
         None => None,
     };
-    let dir = std::env::temp_dir().join(format!("vhost-user-nn.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (term, term_w) = UnixStream::pair().map_err(|e| e.to_string())?;
     let (hup, hup_w) = UnixStream::pair().map_err(|e| e.to_string())?;
     for (sig, w) in [
@@ -158,9 +153,13 @@ pub fn run(cfg: Config) -> Result<(), String> {
     term.set_nonblocking(true).map_err(|e| e.to_string())?;
     hup.set_nonblocking(true).map_err(|e| e.to_string())?;
     let source = cfg.model_path.clone();
+    remove_stale_worker_dirs();
+    let spawner = Spawner::start(&cfg.exe).map_err(|e| format!("cannot start the spawner: {e}"))?;
+    // From here on the supervisor needs no new files, processes or memory
+    // it could execute: sealed by a filter tighter than the worker's.
+    sandbox::apply_supervisor(cfg.seccomp)?;
     let mut s = Supervisor {
         cfg,
-        dir,
         model,
         generation: 1,
         source,
@@ -177,6 +176,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         next_start: Instant::now(),
         upgrade: None,
         spawned: 0,
+        spawner,
         term,
         hup,
     };
@@ -188,7 +188,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         info!(
             "supervisor {}: worker {} ready",
             std::process::id(),
-            w.child.id()
+            w.pid
         );
         s.worker = Some(w);
         s.serve()
@@ -197,7 +197,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
     for p in &s.cfg.owned_paths {
         let _ = std::fs::remove_file(p);
     }
-    let _ = std::fs::remove_dir_all(&s.dir);
     result
 }
 
@@ -216,6 +215,41 @@ fn read_model(path: &Path, max: usize) -> Result<Vec<u8>, String> {
         return Err(format!("{}: larger than {max} bytes", path.display()));
     }
     Ok(bytes)
+}
+
+/// Name of a worker's socket in its directory.
+const WORKER_SOCKET: &str = "worker.sock";
+
+/// The private directory of the `n`th worker of supervisor `pid`.
+fn worker_dir(pid: u32, n: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("vhost-user-nn.{pid}.{n}"))
+}
+
+fn remove_worker_dir(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(WORKER_SOCKET));
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Removes the worker directories of supervisors that are gone (killed
+/// before they could remove them).
+fn remove_stale_worker_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("vhost-user-nn.")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = rustix::process::Pid::from_raw(pid)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        if !alive {
+            remove_worker_dir(&e.path());
+        }
+    }
 }
 
 /// Writes 1 to an eventfd (a kick for the worker, an interrupt for QEMU).
@@ -383,14 +417,6 @@ impl Supervisor {
         }
     }
 
-    fn reconnect_worker(&mut self) -> io::Result<()> {
-        if let Some(w) = &mut self.worker {
-            w.conn = None;
-            w.conn = Some(UnixStream::connect(&w.socket)?);
-        }
-        Ok(())
-    }
-
     fn qemu_gone(&mut self, why: &str) {
         info!("supervisor: frontend disconnected ({why})");
         self.qemu = None;
@@ -399,6 +425,16 @@ impl Supervisor {
         if let Err(e) = self.reconnect_worker() {
             self.worker_failed(&format!("cannot connect: {e}"));
         }
+    }
+
+    /// A new connection to the worker (which serves one at a time, and
+    /// takes this one once its session on the old one has ended).
+    fn reconnect_worker(&mut self) -> std::io::Result<()> {
+        if let Some(w) = &mut self.worker {
+            w.conn = None;
+            w.conn = Some(UnixStream::connect(w.dir.join(WORKER_SOCKET))?);
+        }
+        Ok(())
     }
 
     fn on_qemu_message(&mut self) {
@@ -579,80 +615,94 @@ impl Supervisor {
     /// connected (not yet replayed).
     fn spawn(&mut self, binary: &Path) -> Result<Worker, String> {
         self.spawned += 1;
-        let socket = self.dir.join(format!("worker-{}.sock", self.spawned));
-        let _ = std::fs::remove_file(&socket);
-        let listener =
-            UnixListener::bind(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+        // A private directory holds the worker's socket while it runs.
+        let dir = worker_dir(std::process::id(), self.spawned);
+        remove_worker_dir(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let listener = UnixListener::bind(dir.join(WORKER_SOCKET));
+        let worker = listener
+            .map_err(|e| format!("{}: {e}", dir.display()))
+            .and_then(|l| self.spawn_on(binary, l, dir.clone()));
+        if worker.is_err() {
+            remove_worker_dir(&dir);
+        }
+        worker
+    }
+
+    /// [`Supervisor::spawn`] with the worker's listening socket in `dir`.
+    fn spawn_on(
+        &mut self,
+        binary: &Path,
+        listener: UnixListener,
+        dir: PathBuf,
+    ) -> Result<Worker, String> {
         let (mine, theirs) = control::pair().map_err(|e| format!("control channel: {e}"))?;
-        let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map_err(|e| e.to_string());
-        let mut mappings = vec![
-            FdMapping {
-                parent_fd: OwnedFd::from(listener),
-                child_fd: CHILD_LISTEN_FD,
-            },
-            FdMapping {
-                parent_fd: theirs,
-                child_fd: CHILD_CONTROL_FD,
-            },
-        ];
-        let mut cmd = Command::new(binary);
-        cmd.args(&self.cfg.worker_args)
-            .args(["--fd", &CHILD_LISTEN_FD.to_string()])
-            .args(["--control-fd", &CHILD_CONTROL_FD.to_string()]);
+        let mut fds: Vec<OwnedFd> = vec![OwnedFd::from(listener), theirs];
+        let mut child_fds = vec![CHILD_LISTEN_FD, CHILD_CONTROL_FD];
+        let mut args = self.cfg.worker_args.clone();
+        let mut arg = |a: &[&str]| args.extend(a.iter().map(OsString::from));
+        arg(&["--fd", &CHILD_LISTEN_FD.to_string()]);
+        arg(&["--control-fd", &CHILD_CONTROL_FD.to_string()]);
         if let (Some(model), Some(source)) = (&self.model, &self.source) {
-            mappings.push(FdMapping {
-                parent_fd: dup(model.as_fd())?,
-                child_fd: CHILD_MODEL_FD,
-            });
-            cmd.arg("--model")
-                .arg(source)
-                .args(["--model-fd", &CHILD_MODEL_FD.to_string()])
-                .args(["--generation", &self.generation.to_string()]);
+            fds.push(model.try_clone().map_err(|e| e.to_string())?);
+            child_fds.push(CHILD_MODEL_FD);
+            arg(&["--model-fd", &CHILD_MODEL_FD.to_string()]);
+            arg(&["--generation", &self.generation.to_string()]);
+            args.push("--model".into());
+            args.push(source.into());
         }
         if let Some(a) = &self.cfg.admin {
-            mappings.push(FdMapping {
-                parent_fd: dup(a.as_fd())?,
-                child_fd: CHILD_ADMIN_FD,
-            });
-            cmd.args(["--admin-fd", &CHILD_ADMIN_FD.to_string()]);
+            fds.push(a.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?);
+            child_fds.push(CHILD_ADMIN_FD);
+            args.extend(["--admin-fd".into(), CHILD_ADMIN_FD.to_string().into()]);
         }
         if self.spawned > 1 {
             // The generation may have changed without an event reaching the
             // driver before the old worker died: announce it once.
-            cmd.arg("--announce");
+            args.push("--announce".into());
         }
         let info = serde_json::to_string(&self.info).unwrap_or_default();
-        cmd.env(control::ENV_INFO, info);
-        cmd.fd_mappings(mappings)
-            .map_err(|_| "descriptor numbers collide".to_string())?;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
-        let kill = |child: &mut Child, why: String| {
-            let _ = child.kill();
-            let _ = child.wait();
-            why
+        let req = Spawn {
+            binary: binary.to_path_buf(),
+            args,
+            env: vec![(control::ENV_INFO.into(), info.into())],
+            child_fds,
         };
-        let pidfd = match pidfd_open(Pid::from_child(&child), PidfdFlags::empty()) {
-            Ok(fd) => fd,
-            Err(e) => return Err(kill(&mut child, format!("pidfd_open: {e}"))),
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+        let pid = self.spawner.spawn(&req, &borrowed)?;
+        drop(fds);
+        let pidfd = match Pid::from_raw(pid as i32).map(|p| pidfd_open(p, PidfdFlags::empty())) {
+            Some(Ok(fd)) => fd,
+            _ => return Err(format!("pidfd_open of worker {pid} failed")),
+        };
+        let mut worker = Worker {
+            pid,
+            pidfd,
+            control: mine,
+            dir,
+            conn: None,
+            started: Instant::now(),
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(kill(&mut child, "not ready in time".into()));
+                self.reap(&mut worker);
+                return Err("not ready in time".into());
             }
             let mut fds = [
-                PollFd::new(&mine, PollFlags::IN),
-                PollFd::new(&pidfd, PollFlags::IN),
+                PollFd::new(&worker.control, PollFlags::IN),
+                PollFd::new(&worker.pidfd, PollFlags::IN),
             ];
             let ts = Timespec::try_from(left).ok();
             if poll(&mut fds, ts.as_ref()).is_err() {
                 continue;
             }
             if !fds[0].revents().is_empty() {
-                match control::recv::<ToSupervisor>(mine.as_fd()) {
+                match control::recv::<ToSupervisor>(worker.control.as_fd()) {
                     Ok(Some((ToSupervisor::Ready { .. }, _))) => break,
                     Ok(Some(_)) => {
                         // A worker says Ready first; anything else would wait
@@ -660,29 +710,35 @@ impl Supervisor {
                         let e = ToWorker::Error {
                             error: "the worker is not ready yet".into(),
                         };
-                        let _ = control::send(mine.as_fd(), &e, &[]);
+                        let _ = control::send(worker.control.as_fd(), &e, &[]);
                         continue;
                     }
                     Ok(None) | Err(_) => {}
                 }
             }
             if !fds[1].revents().is_empty() || !fds[0].revents().is_empty() {
-                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                let status = self.reap(&mut worker);
                 return Err(format!("worker exited before it was ready ({status})"));
             }
         }
-        let conn = match UnixStream::connect(&socket) {
-            Ok(c) => c,
-            Err(e) => return Err(kill(&mut child, format!("cannot connect: {e}"))),
-        };
-        Ok(Worker {
-            child,
-            pidfd,
-            control: mine,
-            socket,
-            conn: Some(conn),
-            started: Instant::now(),
-        })
+        match UnixStream::connect(worker.dir.join(WORKER_SOCKET)) {
+            Ok(c) => worker.conn = Some(c),
+            Err(e) => {
+                self.reap(&mut worker);
+                return Err(format!("cannot connect: {e}"));
+            }
+        }
+        Ok(worker)
+    }
+
+    /// Kills `w` (if it still runs), waits for its end and says how it ended.
+    fn reap(&mut self, w: &mut Worker) -> String {
+        let _ = pidfd_send_signal(&w.pidfd, Signal::KILL);
+        if !readable(w.pidfd.as_fd(), STOP_TIMEOUT) {
+            return "did not exit after SIGKILL".into();
+        }
+        remove_worker_dir(&w.dir);
+        self.spawner.exit_status(w.pid, STOP_TIMEOUT)
     }
 
     /// Brings the worker to the journaled state: replays the journal, waits
@@ -738,7 +794,7 @@ impl Supervisor {
         let t0 = Instant::now();
         match self.spawn(&exe) {
             Ok(w) => {
-                let pid = w.child.id();
+                let pid = w.pid;
                 self.worker = Some(w);
                 match self.replay() {
                     Ok(()) => {
@@ -785,19 +841,13 @@ impl Supervisor {
         let Some(mut w) = self.worker.take() else {
             return;
         };
-        let _ = pidfd_send_signal(&w.pidfd, Signal::KILL);
-        let status = w
-            .child
-            .wait()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|e| e.to_string());
+        let status = self.reap(&mut w);
         let lived = w.started.elapsed();
         error!(
             "supervisor: worker {} ended ({why}; {status}) after {} ms",
-            w.child.id(),
+            w.pid,
             lived.as_millis()
         );
-        let _ = std::fs::remove_file(&w.socket);
         self.info.restarts += 1;
         self.info.last_exit = Some(format!("{why}; {status}"));
         if let Some(p) = &mut self.pending {
@@ -831,7 +881,7 @@ impl Supervisor {
         // The new worker's connection was made before the old one stopped;
         // it carries no state yet.
         new.started = Instant::now();
-        let pid = new.child.id();
+        let pid = new.pid;
         self.worker = Some(new);
         match self.replay() {
             Ok(()) => {
@@ -851,10 +901,8 @@ impl Supervisor {
             return;
         };
         let _ = pidfd_send_signal(&w.pidfd, Signal::TERM);
-        if !readable(w.pidfd.as_fd(), STOP_TIMEOUT) {
-            let _ = pidfd_send_signal(&w.pidfd, Signal::KILL);
-        }
-        let _ = w.child.wait();
-        let _ = std::fs::remove_file(&w.socket);
+        readable(w.pidfd.as_fd(), STOP_TIMEOUT);
+        let status = self.reap(&mut w);
+        info!("supervisor: worker {} stopped ({status})", w.pid);
     }
 }
