@@ -36,6 +36,7 @@ cargo build --quiet -p nn-core --no-default-features
 
 log "nn-core on aarch64 under qemu-user (runs the NEON kernel)"
 "$REPO/nn-core/scripts/test-aarch64.sh"
+log "crates outside the workspace: nn-core/bench, backend/fuzz (cargo check; fuzz smoke runs with nightly)"; "$REPO/scripts/check-extra.sh"
 
 log "end-to-end tests (QEMU guests)"
 VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" \
