@@ -363,7 +363,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         NnDevice::at_generation(model, model_path, args.queues, generation)
             .map_err(|e| format!("cannot create the device: {e}"))?,
     );
-    let stats = Arc::new(Stats::new(args.queues));
+    let mut stats = Stats::new(args.queues);
+    if let Some(info) = control::Info::from_env().filter(|_| args.control_fd.is_some()) {
+        stats = stats.with_supervisor(&info);
+    }
+    stats.set_generation(generation);
+    let stats = Arc::new(stats);
     let mut listener = listener(&args)?;
     let control = match args.control_fd {
         Some(fd) => Some(Arc::new(

@@ -125,6 +125,33 @@ impl Stats {
         }
     }
 
+    /// Adds the supervisor's counters (`worker_restarts_total`,
+    /// `worker_upgrades_total`: workers started after a death, and by an
+    /// upgrade, since the supervisor started) for a worker it started.
+    pub fn with_supervisor(mut self, info: &crate::control::Info) -> Self {
+        let restarts = Counter::<u64>::default();
+        let upgrades = Counter::<u64>::default();
+        restarts.inc_by(info.restarts);
+        upgrades.inc_by(info.upgrades);
+        self.registry.register(
+            "worker_restarts",
+            "Workers the supervisor started after one died",
+            restarts,
+        );
+        self.registry.register(
+            "worker_upgrades",
+            "Workers the supervisor started for an upgrade",
+            upgrades,
+        );
+        self
+    }
+
+    /// The generation served at start (a worker taking over serves its
+    /// predecessor's).
+    pub fn set_generation(&self, generation: u32) {
+        self.generation.set(i64::from(generation));
+    }
+
     /// Records one request.
     pub fn record(&self, queue: u16, status: Option<u32>, samples: u32, latency: Duration) {
         let queue = u32::from(queue);

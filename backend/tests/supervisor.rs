@@ -380,6 +380,9 @@ fn a_crash_loop_backs_off_and_config_reads_then_say_error() {
     assert!(status["supervisor"]["last_exit"]
         .as_str()
         .is_some_and(|e| e.contains("SIGKILL")));
+    let metrics = admin(&daemon, json!({"cmd": "metrics"}));
+    let text = metrics["text"].as_str().unwrap();
+    assert!(text.contains("virtio_nn_worker_restarts_total 2\n"), "{text}");
 }
 
 #[test]
