@@ -35,8 +35,8 @@ use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
 use crate::control::{self, Info, ToSupervisor, ToWorker};
 use crate::sandbox::{self, Mode};
-use spawner::{Spawn, Spawner};
 pub use journal::Journal;
+use spawner::{Spawn, Spawner};
 use wire::{code, Msg, WireError, FLAG_REPLY, VERSION_1};
 
 /// How long a new worker may take to load its model and say it is ready.
@@ -185,11 +185,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         .spawn(&exe)
         .map_err(|e| format!("the first worker did not start: {e}"));
     let result = first.and_then(|w| {
-        info!(
-            "supervisor {}: worker {} ready",
-            std::process::id(),
-            w.pid
-        );
+        info!("supervisor {}: worker {} ready", std::process::id(), w.pid);
         s.worker = Some(w);
         s.serve()
     });
