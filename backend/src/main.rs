@@ -541,9 +541,8 @@ fn main() -> ExitCode {
             Ok(())
         }
         None => match cli.serve.spawner_fd {
-            Some(fd) => die_with_parent().and_then(|()| {
-                supervisor::spawner::serve(inherited(fd, "--spawner-fd")?)
-            }),
+            Some(fd) => die_with_parent()
+                .and_then(|()| supervisor::spawner::serve(inherited(fd, "--spawner-fd")?)),
             None => serve(cli.serve),
         },
     };

@@ -355,7 +355,11 @@ fn a_crash_loop_backs_off_and_config_reads_then_say_error() {
     // Once the supervisor has seen the death (a config read sent before
     // that goes to the dead worker and is sent again to the next one).
     while !daemon.log().contains("crash loop, next start in 3000 ms") {
-        assert!(t.elapsed() < Duration::from_secs(2), "{}", tail(&daemon.log()));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{}",
+            tail(&daemon.log())
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     // No worker: config reads answer at once, from the last config, ERROR.
@@ -382,7 +386,10 @@ fn a_crash_loop_backs_off_and_config_reads_then_say_error() {
         .is_some_and(|e| e.contains("SIGKILL")));
     let metrics = admin(&daemon, json!({"cmd": "metrics"}));
     let text = metrics["text"].as_str().unwrap();
-    assert!(text.contains("virtio_nn_worker_restarts_total 2\n"), "{text}");
+    assert!(
+        text.contains("virtio_nn_worker_restarts_total 2\n"),
+        "{text}"
+    );
 }
 
 #[test]

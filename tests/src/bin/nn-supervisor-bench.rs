@@ -132,9 +132,13 @@ fn main() {
         "{:<28} | {:>10} {:>10} | {:>10} {:>10} | {:>9} {:>9}",
         "depth 1, batch 1", "plain p50", "p99", "superv p50", "p99", "p50 ratio", "p99 ratio"
     );
-    for (i, name) in ["predict round trip (us)", "null round trip (us)", "config read, 64 B (us)"]
-        .iter()
-        .enumerate()
+    for (i, name) in [
+        "predict round trip (us)",
+        "null round trip (us)",
+        "config read, 64 B (us)",
+    ]
+    .iter()
+    .enumerate()
     {
         let [p, s] = &mut lat;
         let (p50, p99) = (pct(&mut p[i], 0.5), pct(&mut p[i], 0.99));
