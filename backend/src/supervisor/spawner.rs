@@ -77,7 +77,12 @@ impl Spawner {
     pub fn start(exe: &std::path::Path) -> io::Result<Self> {
         let (mine, theirs) = control::pair()?;
         let mut cmd = Command::new(exe);
+        // `--spawner-fd` is exclusive, and clap counts an option's variable
+        // as the option given: with NN_CORE_KERNEL (`--kernel`) in the
+        // environment the spawner would refuse to start. Workers get the
+        // kernel as an argument.
         cmd.args(["--spawner-fd", "3"])
+            .env_remove("NN_CORE_KERNEL")
             .env(control::ENV_PARENT, std::process::id().to_string());
         cmd.fd_mappings(vec![FdMapping {
             parent_fd: theirs,
