@@ -142,7 +142,7 @@ impl VhostUserNnBackend {
     /// either changed since the last announcement and the driver has posted
     /// a buffer; otherwise the change stays pending until the next buffer
     /// arrives. (A worker's death wakes thread 0 through the change eventfd;
-    /// a stuck worker is seen in config space at the driver's next read.)
+    /// becoming stuck is not announced, it only shows in config space.)
     fn announce(&self, vring: &VringRwLock) -> Result<(), Error> {
         let r = self.announce_once(vring);
         // Invariant: with EVENT_IDX the driver kicks only when avail->idx
