@@ -11,7 +11,7 @@
 //! Input: 16
 //! Output: 4
 //! Layers: 2
-//! Max batch: 64
+//! Max batch: 4096
 //! Queues: 2
 //! Queue requests: 12,9
 //! ```
