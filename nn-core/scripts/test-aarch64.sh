@@ -33,4 +33,10 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/
 fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+# The library's and the engine's tests (the NEON kernel against the
+# reference, the trained model); tests/interfaces.rs checks the repository's
+# files and runs nn-model with the host's Python, so it runs natively only.
+if [ $# -eq 0 ]; then
+    set -- --lib --bins --test kernels --test default_model
+fi
 cargo test --release -p nn-core --target "$target" "$@"
