@@ -7,7 +7,7 @@
 #  3. guest driver module (guest-driver/virtio_nn.ko) and its API users
 #     (guest-driver/consumer/nn_consumer.ko, nn_bench.ko)
 #  4. initramfs with the module                      -> $INITRAMFS
-#  5. host binaries (daemon, nn-model, nn-demo), release profile
+#  5. host binaries (daemon, nn-model, the host benchmarks), release profile
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -6,8 +6,9 @@
 #              with the model, boots a QEMU guest with the driver, runs
 #                echo 1,2,...,16 > /proc/neural_network/predict
 #                cat /proc/neural_network/predict
-#              in it, prints the guest's answer next to nn-core's answer on
-#              the host, and shuts everything down.
+#              in it (and the same through predict_q16), prints the guest's
+#              answers next to nn-core's on the host (tests/avocado/demo.py,
+#              with the guest tests' harness), and shuts everything down.
 #   --shell    the same set-up, then leaves you at the guest's shell on this
 #              terminal (`reboot -f` in the guest ends it; the daemon stops).
 #   --model F  serve this model file (default weights/default.safetensors).
@@ -28,7 +29,10 @@ done
 "$REPO/scripts/build.sh"
 
 if ((!shell)); then
-    VIRTIO_NN_DAEMON="$REPO/target/release/vhost-user-nn" exec "$REPO/target/release/nn-demo" "$model"
+    # tests/avocado/demo.py: the guest tests' harness (nnlib), which needs
+    # qemu.qmp from the avocado venv
+    PY="$("$REPO/scripts/setup-avocado.sh")"
+    exec "$PY" "$REPO/tests/avocado/demo.py" --kernel "$KERNEL_IMAGE" --initrd "$INITRAMFS" "$model"
 fi
 
 dir="$(mktemp -d "${TMPDIR:-/tmp}/virtio-nn-demo.XXXXXX")"

@@ -16,6 +16,7 @@ Run: scripts/matrix.sh (see there), or by hand:
 """
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -262,16 +263,40 @@ class Functional(NNTest):
     """What every cell runs."""
 
     def test_proc_reference(self):
-        """/proc answers equal the host reference, bit for bit (predict_q16)."""
-        rc, out = self.predict(self.in1, q16=False)
-        self.assertEqual(rc, 0, out)
-        self.assertEqual(out, self.ref(self.in1, q16=False), "predict")
-        for vals in (self.q1, self.qx):
-            rc, out = self.predict(vals)
-            self.assertEqual(rc, 0, out)
-            self.assertEqual(out, self.ref(vals), "predict_q16")
-        # the seed's usage: echo, then cat, in the same session
+        """/proc answers equal the host reference, bit for bit: whole numbers
+        (signs, the ends of the range, zeros) through predict, raw Q16.16
+        (fractions, random values, the ends of i32, some saturating) through
+        predict_q16; two files open side by side keep their own answers."""
+        n = self.in_w
+        lo, hi = nnlib.abi()["proc"]["whole_range"]
+        whole = [self.in1, list(range(1, n + 1)), [0] * n,
+                 [-7 * i if i % 2 == 0 else 3 * i for i in range(n)],
+                 [hi if i % 3 == 0 else lo for i in range(n)]]
+        for vals in whole:
+            self.assertEqual(self.predict(vals, q16=False), (0, self.ref(vals, q16=False)),
+                             f"predict {csv(vals)[:60]}")
+        qlo, qhi = nnlib.abi()["proc"]["q16_range"]
+        rnd = random.Random(7)
+        q16 = [self.q1, self.qx, [(i - 8) * 12345 for i in range(n)], [qhi] * n, [qlo] * n,
+               [qhi if i % 2 == 0 else qlo for i in range(n)]]
+        q16 += [[(rnd.getrandbits(32) - 2**31) >> 8 for _ in range(n)] for _ in range(4)]
+        saturated = False
+        for vals in q16:
+            want = self.ref(vals)
+            saturated |= bool({qlo, qhi} & {int(v) for v in want.split(",")})
+            self.assertEqual(self.predict(vals), (0, want), f"predict_q16 {csv(vals)[:60]}")
+        self.assertTrue(saturated, "no case reached the saturation bounds: the test lost its edge")
+        # each open file keeps its own answer: two opened side by side,
+        # read back in the other order
         g = self.guest
+        a, b = [1] * n, [-2] * n
+        g.put_file("/tmp/a", csv(a) + "\n")
+        g.put_file("/tmp/b", csv(b) + "\n")
+        out = g.out(f"sh -c 'exec 3<>{P} 4<>{P}; cat /tmp/a >&3; cat /tmp/b >&4; "
+                    "cat <&4; cat <&3'")
+        self.assertEqual(out.splitlines(), [self.ref(b, q16=False), self.ref(a, q16=False)],
+                         "two open files side by side")
+        # the seed's usage: echo, then cat, in the same session
         g.put_file("/tmp/in", csv(self.in1) + "\n")
         self.assertEqual(g.out(f"cat /tmp/in >{P}; cat {P}"), self.ref(self.in1, q16=False))
         self.require(DEV)
@@ -334,25 +359,52 @@ class Functional(NNTest):
         self.check_log()
 
     def test_bad_input(self):
-        """Bad input gets its errno and nothing breaks."""
+        """Bad input gets its errno and nothing breaks: each bad /proc write
+        on a new open and on a file kept open (whose answer survives), a
+        write one byte over the limit, /dev and the API; then rmmod (the
+        /proc and /dev entries go) and insmod (it answers again)."""
         g = self.guest
         self.assertEqual(self.predict(self.q1)[1], self.ref(self.q1))
+        lo, hi = nnlib.abi()["proc"]["whole_range"]
+        short = csv(self.in1[:-1])
         cases = [
             ("too few values", P, "1,2"),
             ("too many values", P, csv(self.in1 + [1])),
             ("not numbers", P, ",".join("a" * self.in_w)),
+            ("one non-number", P, short + ",x"),
             ("overflow", P, csv([40000] + self.in1[1:])),
+            ("above the whole range", P, f"{short},{hi + 1}"),
+            ("below the whole range", P, f"{short},{lo - 1}"),
+            ("above i32", P, f"{short},99999999999"),
             ("empty field", P, "1,," + csv(self.in1[3:])),
+            ("junk inside a field", P, f"{short} 1"),
             ("hex", P, "0x1," + csv(self.in1[1:])),
+            ("no numbers", P, ""),
             ("q16 above i32", Q, csv([2147483648] + self.q1[1:])),
+            ("over the write limit", P, None),
         ]
+        # Files kept open across the bad writes: their answers must survive.
+        g.put_file("/tmp/good", csv(self.in1) + "\n")
+        g.put_file("/tmp/goodq", csv(self.q1) + "\n")
+        g.out(f"exec 3<>{P} 4<>{Q}; cat /tmp/good >&3; cat /tmp/goodq >&4")
+        # valid text padded with whitespace to the limit, and one byte more
+        limit = nnlib.abi()["proc"]["max_write_len"]
+        pad = f"head -c {limit - len(csv(self.in1)) - 1} /dev/zero | tr '\\0' ' ' >/tmp/long; "
+        g.out(pad + f"cat /tmp/good >>/tmp/long; dd if=/tmp/long bs=1M count=1 >{P}")
         for name, f, text in cases:
-            g.put_file("/tmp/bad", text + "\n")
-            rc, out = g.run(f"cat /tmp/bad >{f}")
-            self.assertNotEqual(rc, 0, name)
-            self.assertIn("Invalid argument", out, name)
-        rc, out = g.run(f"head -c 70000 /dev/zero | tr '\\0' '1' >{P}")
-        self.assertIn("Invalid argument", out, "write over 64 KiB")
+            if text is None:
+                g.out("{ echo; cat /tmp/long; } >/tmp/bad")
+            else:
+                g.put_file("/tmp/bad", text + "\n")
+            # dd: the whole text in one write(2), as the driver must see it
+            for target in (f, "&3" if f == P else "&4"):
+                rc, out = g.run(f"dd if=/tmp/bad bs=1M count=1 >{target}")
+                self.assertNotEqual(rc, 0, f"{name} >{target}")
+                self.assertIn("Invalid argument", out, f"{name} >{target}")
+        self.assertEqual(g.out("cat <&3"), self.ref(self.in1, q16=False),
+                         "an open file's answer after bad writes")
+        self.assertEqual(g.out("cat <&4; exec 3<&- 4<&-"), self.ref(self.q1),
+                         "an open file's answer after bad writes")
         rc, out = g.run(f"setsid cat {Q}")
         self.assertIn("No data available", out, "read in a session without an answer")
         self.require(DEV)
@@ -377,7 +429,16 @@ class Functional(NNTest):
         self.assertIn("Invalid argument", out, "API: NULL request")
         # nothing broke: the same answer as before, and again after the errors
         self.assertEqual(g.out(f"cat {Q}"), self.ref(self.q1), "answer kept after errors")
+        self.assertEqual(g.out(f"cat {P}"), self.ref(self.in1, q16=False),
+                         "answer kept after errors")
         self.assertEqual(self.predict(self.qx)[1], self.ref(self.qx))
+        # unload and reload the driver while the device stays attached
+        g.out("rmmod virtio_nn")
+        for path in (P, Q, DEV):
+            self.assertNotEqual(g.run(f"test -e {path}")[0], 0, f"{path} left after rmmod")
+        g.out(f"insmod {KO}")
+        self.assertEqual(self.predict(self.in1, q16=False), (0, self.ref(self.in1, q16=False)),
+                         "after rmmod + insmod")
         self.check_log()
 
 
