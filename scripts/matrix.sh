@@ -6,7 +6,8 @@
 #   --full (default)  tests/avocado/matrix.yaml: queues {1,2,4} x vCPUs {1,2}
 #                     x NN_CORE_KERNEL {auto,scalar} x model {default,large}
 #                     x kernel {plain,debug} = 48 cells, every test
-#                     (Functional + Faults, 12 tests a cell: 92 min with
+#                     (Functional + Faults + Supervisor, 14 tests a cell;
+#                     the 12 before Supervisor took 92 min with
 #                     --parallel 2 on 2 cores under TCG, most of it in the
 #                     debug cells)
 #   --smoke           tests/avocado/smoke.yaml: 3 cells (plain q2/smp2/auto/
@@ -21,7 +22,8 @@
 #   --filter PATH..   only these variants (avocado --mux-filter-only, e.g.
 #                     /run/kernel/plain or /run/cell/plain-q2-smp2-auto-default)
 #   --tests SPEC      test references, relative to the repository (default:
-#                     tests/avocado/test_nn.py), e.g. tests/avocado/test_nn.py:Functional
+#                     tests/avocado/test_nn.py and test_supervisor.py), e.g.
+#                     tests/avocado/test_nn.py:Functional
 #   --results DIR     avocado's job results (default $CACHE/avocado-results)
 #   --parallel N      N guests at a time (default 1; the machines are small
 #                     and shared, and the fault tests have timing windows)
@@ -67,9 +69,11 @@ if ((build_debug)) && [[ $mode != bench ]]; then
     fi
 fi
 
+# every cell runs these (bench: bench_nn.py alone)
+E2E_TESTS="$REPO/tests/avocado/test_nn.py $REPO/tests/avocado/test_supervisor.py"
 case "$mode" in
-    full)  mux="$REPO/tests/avocado/matrix.yaml"; tests="${tests:-$REPO/tests/avocado/test_nn.py}" ;;
-    smoke) mux="$REPO/tests/avocado/smoke.yaml"; tests="${tests:-$REPO/tests/avocado/test_nn.py}" ;;
+    full)  mux="$REPO/tests/avocado/matrix.yaml"; tests="${tests:-$E2E_TESTS}" ;;
+    smoke) mux="$REPO/tests/avocado/smoke.yaml"; tests="${tests:-$E2E_TESTS}" ;;
     bench) mux=""; tests="${tests:-$REPO/tests/avocado/bench_nn.py}" ;;
 esac
 

@@ -47,5 +47,5 @@ PY="$("$REPO/scripts/setup-avocado.sh")"   # the harness (tests/avocado/nnlib.py
 log "guest driver suite again with 2 request queues and 2 vCPUs (per-CPU queues)"
 "$PY" "$REPO/tests/guest/run-guest-test.py" --queues 2 --smp 2
 
-log "avocado smoke subset (tests/avocado/smoke.yaml: plain + debug kernel cells; /proc, /dev and the API vs the host reference, bad input, rmmod/insmod, hot-swap, daemon restart, slow daemon, rmmod under load, reboot)"
+log "avocado smoke subset (tests/avocado/smoke.yaml: plain + debug kernel cells; /proc, /dev and the API vs the host reference, bad input, rmmod/insmod, hot-swap, daemon restart, slow daemon, rmmod under load, reboot; the supervisor's worker killed and upgraded under load)"
 "$REPO/scripts/matrix.sh" --smoke --build-debug

@@ -152,6 +152,10 @@ def host_tsc_append():
     return append
 
 
+class UpgradeRefused(Exception):
+    """The supervisor refused a worker upgrade (ctl's message)."""
+
+
 class Daemon:
     """vhost-user-nn with an admin socket, in its own process group."""
 
@@ -233,8 +237,67 @@ class Daemon:
             os.kill(self.proc.pid, sig)
 
     def kill9(self):
+        """SIGKILL the process started (the supervisor; its worker dies with
+        it): QEMU's socket closes, the unplug/replug case."""
         self.signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    # -- the supervisor's worker (backend/SUPERVISOR.md) ---------------------
+    def supervisor_status(self):
+        """The admin status's `supervisor` part: pid, restarts, upgrades,
+        last_exit, last_upgrade_error (None with --no-supervisor)."""
+        return self.status().get("supervisor")
+
+    def worker_pid(self):
+        """The pid of the worker, the process that answers the admin socket."""
+        return self.status()["pid"]
+
+    def wait_worker(self, old_pid, timeout=60):
+        """Wait until a worker other than old_pid answers the admin socket
+        (a connection made while no worker runs waits, or breaks if it was
+        taken by a dying one); returns the new worker's pid."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                pid = self.worker_pid()
+                if pid != old_pid:
+                    return pid
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"no worker other than {old_pid} within {timeout} s")
+            time.sleep(0.02)
+
+    def kill_worker(self):
+        """SIGKILL the worker (not the supervisor: QEMU's connection stays
+        and the supervisor starts another worker); returns its pid."""
+        pid = self.worker_pid()
+
+        def parent(p):
+            with open(f"/proc/{p}/stat") as f:
+                return int(f.read().rsplit(")", 1)[1].split()[1])
+        # a worker is the supervisor's child, or its spawner's (the
+        # supervisor's child) since the supervisor is sealed by seccomp
+        ancestors = [parent(pid)]
+        ancestors.append(parent(ancestors[0]))
+        if self.proc is None or pid == self.proc.pid or self.proc.pid not in ancestors:
+            raise RuntimeError(f"pid {pid} from the admin status is not a worker of "
+                               f"{self.proc and self.proc.pid} (ancestors {ancestors})")
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def upgrade(self, binary=None, timeout=90):
+        """`vhost-user-nn ctl upgrade [--binary B]`: a new worker replaces the
+        running one; returns the new worker's pid. Raises UpgradeRefused
+        with ctl's message if the supervisor refuses (the old one serves on)."""
+        old = self.worker_pid()
+        cmd = [DAEMON, "ctl", "--admin-socket", self.admin, "upgrade"]
+        if binary is not None:
+            cmd += ["--binary", binary]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise UpgradeRefused((r.stderr or r.stdout).strip())
+        return self.wait_worker(old)
 
     def stop(self):
         """SIGTERM (SIGKILL after 10 s); the daemon removes its sockets."""
