@@ -169,11 +169,7 @@ pub fn filter(mode: Mode) -> Result<Option<BpfProgram>, String> {
 
 /// Installs the supervisor's filter (on its one thread).
 pub fn apply_supervisor(mode: Mode) -> Result<(), String> {
-    match filter_of(SUPERVISOR_ALLOWED, mode)? {
-        Some(bpf) => seccompiler::apply_filter_all_threads(&bpf)
-            .map_err(|e| format!("installing the supervisor's seccomp filter: {e}")),
-        None => Ok(()),
-    }
+    install(filter_of(SUPERVISOR_ALLOWED, mode)?)
 }
 
 /// The filter allowing `allowed`, for `mode`.
@@ -197,7 +193,12 @@ pub fn filter_of(allowed: &[i64], mode: Mode) -> Result<Option<BpfProgram>, Stri
 
 /// Installs the filter on every thread of the process.
 pub fn apply(mode: Mode) -> Result<(), String> {
-    match filter(mode)? {
+    install(filter(mode)?)
+}
+
+/// Installs `bpf` on every thread of the process (nothing for `None`).
+fn install(bpf: Option<BpfProgram>) -> Result<(), String> {
+    match bpf {
         Some(bpf) => seccompiler::apply_filter_all_threads(&bpf)
             .map_err(|e| format!("installing the seccomp filter: {e}")),
         None => Ok(()),

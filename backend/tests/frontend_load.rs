@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nn_core::protocol::{RequestHeader, EVENT_CONFIG_CHANGED, STATUS_BAD_DIMS, STATUS_OK};
-use nn_core::{Activation, Layer, Mlp, Model};
+use nn_core::Model;
 use serde_json::json;
 use vhost_user_nn::testing::frontend::{Frontend, Options, TIMEOUT};
 
@@ -29,34 +29,6 @@ const SWAPS: usize = 200;
 const DEPTH: usize = 4;
 /// Hard bound on the traffic phase.
 const MAX_RUN: Duration = Duration::from_secs(60);
-
-fn lcg(seed: &mut u64) -> i32 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    ((*seed >> 32) as i32) >> 13
-}
-
-/// A deterministic model of the given dims (ReLU between layers).
-fn model(dims: &[usize], seed: u64, name: &str) -> Model {
-    let mut s = seed;
-    let layers = dims
-        .windows(2)
-        .enumerate()
-        .map(|(i, w)| {
-            let (a, b) = (w[0], w[1]);
-            let weights = (0..a * b).map(|_| lcg(&mut s) / 4).collect();
-            let bias = (0..b).map(|_| lcg(&mut s) / 8).collect();
-            let act = if i + 2 == dims.len() {
-                Activation::Identity
-            } else {
-                Activation::Relu
-            };
-            Layer::new(a, b, weights, bias, act).unwrap()
-        })
-        .collect();
-    Model::new(Mlp::new(layers).unwrap(), name)
-}
 
 fn write_model(dir: &Path, file: &str, m: &Model) -> PathBuf {
     let p = dir.join(file);
@@ -79,9 +51,9 @@ struct Answer {
 fn four_queues_under_200_hot_swaps_lose_nothing_and_answer_per_generation() {
     let dir = tempfile::tempdir().unwrap();
     let models = [
-        model(&[16, 32, 4], 1, "a"),
-        model(&[16, 32, 4], 2, "b"),
-        model(&[8, 12, 3], 3, "c"),
+        common::model(&[16, 32, 4], 1, "a"),
+        common::model(&[16, 32, 4], 2, "b"),
+        common::model(&[8, 12, 3], 3, "c"),
     ];
     assert_ne!(models[0].mlp, models[1].mlp);
     let paths: Vec<PathBuf> = ["a", "b", "c"]
@@ -134,8 +106,9 @@ fn four_queues_under_200_hot_swaps_lose_nothing_and_answer_per_generation() {
                             // Mostly 16-wide requests, one in five 8-wide.
                             let in_dim = if next_id.is_multiple_of(5) { 8 } else { 16 };
                             let n = 1 + (next_id % 7) as u32;
-                            let inputs: Vec<i32> =
-                                (0..n as usize * in_dim).map(|_| lcg(&mut seed)).collect();
+                            let inputs: Vec<i32> = (0..n as usize * in_dim)
+                                .map(|_| common::lcg(&mut seed))
+                                .collect();
                             let h = RequestHeader {
                                 opcode: nn_core::protocol::OP_PREDICT,
                                 flags: 0,

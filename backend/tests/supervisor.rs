@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nn_core::protocol::{
     RequestHeader, DEVICE_STATUS_ERROR, DEVICE_STATUS_READY, OP_PREDICT, STATUS_OK,
 };
-use nn_core::{Activation, Layer, Mlp, Model};
+use nn_core::Model;
 use serde_json::json;
 use vhost_user_nn::testing::daemon::Daemon;
 use vhost_user_nn::testing::frontend::{Frontend, Options, TIMEOUT};
@@ -28,34 +28,8 @@ const QUEUES: usize = 4;
 const KILLS: usize = 200;
 /// Requests in flight per queue.
 const DEPTH: usize = 4;
-
-fn lcg(seed: &mut u64) -> i32 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    ((*seed >> 32) as i32) >> 13
-}
-
-/// A deterministic 16-32-4 model.
-fn model(seed: u64, name: &str) -> Model {
-    let mut s = seed;
-    let dims = [16, 32, 4];
-    let layers = dims
-        .windows(2)
-        .enumerate()
-        .map(|(i, w)| {
-            let weights = (0..w[0] * w[1]).map(|_| lcg(&mut s) / 4).collect();
-            let bias = (0..w[1]).map(|_| lcg(&mut s) / 8).collect();
-            let act = if i == 0 {
-                Activation::Relu
-            } else {
-                Activation::Identity
-            };
-            Layer::new(w[0], w[1], weights, bias, act).unwrap()
-        })
-        .collect();
-    Model::new(Mlp::new(layers).unwrap(), name)
-}
+/// The models' dims.
+const DIMS: [usize; 3] = [16, 32, 4];
 
 fn admin(d: &Daemon, req: serde_json::Value) -> serde_json::Value {
     let r = d.admin_request(&req.to_string()).expect("admin answers");
@@ -103,7 +77,9 @@ fn traffic(fe: &Frontend, q: usize, done: &AtomicBool) -> (Vec<Answer>, usize) {
     loop {
         while !done.load(Ordering::Acquire) && pending.len() < DEPTH {
             let n = 1 + (next_id % 5) as u32;
-            let inputs: Vec<i32> = (0..n as usize * 16).map(|_| lcg(&mut seed)).collect();
+            let inputs: Vec<i32> = (0..n as usize * 16)
+                .map(|_| common::lcg(&mut seed))
+                .collect();
             let h = RequestHeader {
                 opcode: OP_PREDICT,
                 flags: 0,
@@ -186,7 +162,7 @@ fn write_models(dir: &std::path::Path, models: &[Model]) -> Vec<PathBuf> {
 /// `swap`), then checks every answer.
 fn kill_under_load(swap: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let models = [model(1, "a"), model(2, "b")];
+    let models = [common::model(&DIMS, 1, "a"), common::model(&DIMS, 2, "b")];
     let paths = write_models(dir.path(), &models);
     let daemon = common::daemon()
         .model(&paths[0])
@@ -333,7 +309,7 @@ fn kill(pid: u32) {
 #[test]
 fn a_crash_loop_backs_off_and_config_reads_then_say_error() {
     let dir = tempfile::tempdir().unwrap();
-    let models = [model(1, "a")];
+    let models = [common::model(&DIMS, 1, "a")];
     let paths = write_models(dir.path(), &models);
     let daemon = common::daemon()
         .model(&paths[0])
@@ -395,7 +371,7 @@ fn a_crash_loop_backs_off_and_config_reads_then_say_error() {
 #[test]
 fn ctl_upgrade_replaces_the_worker_under_load_and_refuses_a_broken_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let models = [model(1, "a")];
+    let models = [common::model(&DIMS, 1, "a")];
     let paths = write_models(dir.path(), &models);
     let daemon = common::daemon()
         .model(&paths[0])

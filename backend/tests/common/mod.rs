@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 
+use nn_core::{Activation, Layer, Mlp, Model};
+
 use vhost_user_nn::testing::daemon::{Daemon, DaemonBuilder};
 
 /// The daemon binary of this build.
@@ -21,4 +23,33 @@ pub fn daemon() -> DaemonBuilder {
 /// The repository's default model file.
 pub fn default_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../weights/default.safetensors")
+}
+
+/// A deterministic pseudo-random value (a 64-bit LCG, high bits).
+pub fn lcg(seed: &mut u64) -> i32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 32) as i32) >> 13
+}
+
+/// A deterministic model of the given dims (ReLU between layers).
+pub fn model(dims: &[usize], seed: u64, name: &str) -> Model {
+    let mut s = seed;
+    let layers = dims
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| {
+            let (a, b) = (w[0], w[1]);
+            let weights = (0..a * b).map(|_| lcg(&mut s) / 4).collect();
+            let bias = (0..b).map(|_| lcg(&mut s) / 8).collect();
+            let act = if i + 2 == dims.len() {
+                Activation::Identity
+            } else {
+                Activation::Relu
+            };
+            Layer::new(a, b, weights, bias, act).unwrap()
+        })
+        .collect();
+    Model::new(Mlp::new(layers).unwrap(), name)
 }
