@@ -12,7 +12,9 @@
 #                     debug cells)
 #   --smoke           tests/avocado/smoke.yaml: 3 cells (plain q2/smp2/auto/
 #                     default, plain q4/smp1/scalar/large, debug q1/smp2/auto/
-#                     default), every test (about 8 min after the builds);
+#                     default), every test (14 min after the builds on a
+#                     loaded 2-core machine; Supervisor ~35 s of it per
+#                     plain cell, ~2 min on the debug cell);
 #                     what scripts/test.sh runs
 #   --bench           the end-to-end figures (tests/avocado/bench_nn.py) on
 #                     the default cell (plain, q1, smp1): one table
