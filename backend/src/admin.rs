@@ -101,11 +101,15 @@ pub struct Admin {
     clients: AtomicUsize,
 }
 
+/// The served model as JSON (`null` while none is loaded).
 fn model_json(served: &crate::device::Served) -> Value {
+    let Some(model) = &served.model else {
+        return Value::Null;
+    };
     json!({
-        "name": served.model.name,
-        "dims": served.model.mlp.dims(),
-        "checksum": format!("crc32c:{:08x}", served.model.checksum),
+        "name": model.name,
+        "dims": model.mlp.dims(),
+        "checksum": format!("crc32c:{:08x}", model.checksum),
         "path": served.source.display().to_string(),
     })
 }

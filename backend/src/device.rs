@@ -33,8 +33,9 @@ pub type GuestMemoryRef = <GuestMemoryAtomic<GuestMemory> as GuestAddressSpace>:
 /// A model and the generation it is served under.
 #[derive(Debug)]
 pub struct Served {
-    /// The model.
-    pub model: Model,
+    /// The model (`None` until the first load of a daemon started without
+    /// one: requests are then answered with `STATUS_NO_MODEL`).
+    pub model: Option<Model>,
     /// Generation number announced in config space and in responses.
     pub generation: u32,
     /// Where the model was loaded from.
@@ -105,10 +106,25 @@ impl NnDevice {
         num_req_queues: u32,
         generation: u32,
     ) -> std::io::Result<Self> {
+        Self::serving(Some(model), source, num_req_queues, generation.max(1))
+    }
+
+    /// A device without a model (config status `NO_MODEL`, generation 0)
+    /// until the first [`NnDevice::swap`].
+    pub fn without_model(num_req_queues: u32) -> std::io::Result<Self> {
+        Self::serving(None, PathBuf::new(), num_req_queues, 0)
+    }
+
+    fn serving(
+        model: Option<Model>,
+        source: PathBuf,
+        num_req_queues: u32,
+        generation: u32,
+    ) -> std::io::Result<Self> {
         Ok(Self {
             served: RwLock::new(Arc::new(Served {
                 model,
-                generation: generation.max(1),
+                generation,
                 source,
             })),
             num_req_queues,
@@ -133,7 +149,7 @@ impl NnDevice {
     pub fn health_report(&self) -> crate::health::Report {
         let served = self.current();
         self.health.report(&ModelInfo {
-            name: served.model.name.clone(),
+            name: served.model.as_ref().map(|m| m.name.clone()),
             generation: served.generation,
         })
     }
@@ -149,10 +165,12 @@ impl NnDevice {
     }
 
     /// The device status the config space shows: an error while a worker
-    /// is stuck or dead, else ready.
+    /// is stuck or dead, else no model until one is loaded, else ready.
     pub fn status(&self) -> u32 {
         if self.health.failing() {
             protocol::DEVICE_STATUS_ERROR
+        } else if self.current().model.is_none() {
+            protocol::DEVICE_STATUS_NO_MODEL
         } else {
             protocol::DEVICE_STATUS_READY
         }
@@ -170,7 +188,7 @@ impl NnDevice {
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
         let generation = next_generation(served.generation);
         *served = Arc::new(Served {
-            model,
+            model: Some(model),
             generation,
             source,
         });
@@ -198,7 +216,7 @@ impl NnDevice {
     /// The config space as the guest sees it now.
     pub fn config(&self) -> DeviceConfig {
         let served = self.current();
-        let dims = served.model.mlp.dims();
+        let dims = served.model.as_ref().map_or(Vec::new(), |m| m.mlp.dims());
         let mut cfg_dims = [0u32; MAX_LAYERS + 1];
         for (d, &v) in cfg_dims.iter_mut().zip(&dims) {
             *d = v as u32;
@@ -208,7 +226,7 @@ impl NnDevice {
             version: PROTOCOL_VERSION,
             generation: served.generation,
             status: self.status(),
-            num_layers: (dims.len() - 1) as u32,
+            num_layers: dims.len().saturating_sub(1) as u32,
             max_batch: MAX_BATCH,
             num_req_queues: self.num_req_queues,
             dims: cfg_dims,
@@ -337,7 +355,10 @@ impl NnDevice {
         if req.flags != 0 || !matches!(req.opcode, OP_PREDICT | OP_NULL) {
             return err(protocol::STATUS_UNSUPPORTED);
         }
-        let mlp = &served.model.mlp;
+        let Some(model) = &served.model else {
+            return err(protocol::STATUS_NO_MODEL);
+        };
+        let mlp = &model.mlp;
         if req.num_samples == 0 || req.num_samples > MAX_BATCH {
             return err(protocol::STATUS_BAD_BATCH);
         }
@@ -478,7 +499,8 @@ mod tests {
         );
         let mut got = [0i32; 4];
         protocol::decode_values(&resp[24..], &mut got);
-        let mlp = &dev.current().model.mlp;
+        let served = dev.current();
+        let mlp = &served.model.as_ref().unwrap().mlp;
         let mut want = mlp.predict(&inputs[..3]).unwrap();
         want.extend(mlp.predict(&inputs[3..]).unwrap());
         assert_eq!(got.to_vec(), want);
@@ -606,7 +628,10 @@ mod tests {
             (2, 1, 5, 1)
         );
         // A request that already holds the old model still sees it.
-        assert_eq!((old.generation, old.model.mlp.input_dim()), (1, 3));
+        assert_eq!(
+            (old.generation, old.model.as_ref().unwrap().mlp.input_dim()),
+            (1, 3)
+        );
         let req = request(OP_PREDICT, 1, 5, &[ONE; 5]);
         let (out, resp) = run(
             &dev,

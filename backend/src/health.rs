@@ -83,12 +83,12 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// What the model check reports (the device always serves a model: it
-/// starts with one and a refused load keeps the old one).
+/// What the model check reports (a refused load keeps the old model, so
+/// only a daemon started without one has none).
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
-    /// The model's name.
-    pub name: String,
+    /// The model's name (`None`: no model loaded yet).
+    pub name: Option<String>,
     /// The generation it is served under.
     pub generation: u32,
 }
@@ -227,15 +227,21 @@ impl Health {
     /// Every check, for the admin `health` command.
     pub fn report(&self, model: &ModelInfo) -> Report {
         let mut checks = vec![
-            Check {
-                check: "model",
-                queue: None,
-                ok: true,
-                state: "loaded",
-                reason: format!(
-                    "serving {:?} as generation {}",
-                    model.name, model.generation
-                ),
+            match &model.name {
+                Some(name) => Check {
+                    check: "model",
+                    queue: None,
+                    ok: true,
+                    state: "loaded",
+                    reason: format!("serving {name:?} as generation {}", model.generation),
+                },
+                None => Check {
+                    check: "model",
+                    queue: None,
+                    ok: false,
+                    state: "none",
+                    reason: "no model loaded: requests are refused (admin `load`)".into(),
+                },
             },
             if self.is_connected() {
                 Check {
@@ -280,7 +286,7 @@ mod tests {
 
     fn model() -> ModelInfo {
         ModelInfo {
-            name: "m".into(),
+            name: Some("m".into()),
             generation: 1,
         }
     }

@@ -65,8 +65,10 @@ struct ServeArgs {
     #[arg(long, hide = true, exclusive = true)]
     spawner_fd: Option<RawFd>,
 
-    /// Model file (safetensors, Q16.16; see nn-core/src/model.rs).
-    #[arg(long, required_unless_present_any = ["print_capabilities", "spawner_fd"])]
+    /// Model file (safetensors, Q16.16; see nn-core/src/model.rs). Without
+    /// one the device reports "no model" and refuses requests until an admin
+    /// `load`.
+    #[arg(long)]
     model: Option<PathBuf>,
 
     /// Number of request queues (QEMU's `num_vqs` must match).
@@ -343,26 +345,34 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if args.control_fd.is_some() {
         die_with_parent()?;
     }
-    let Some(model_path) = args.model.clone() else {
-        return Err("--model is required".into());
-    };
     let kernel = args
         .kernel
         .resolve()
         .map_err(|e| format!("--kernel / NN_CORE_KERNEL: {e}"))?;
-    let (model, generation) = initial_model(&args, &model_path)?;
-    let model = admin::with_kernel(model, kernel).map_err(|e| e.to_string())?;
-    info!(
-        "serving model {:?} ({:?}, crc32c:{:08x}) as generation {generation} on the {kernel} kernel",
-        model.name,
-        model.mlp.dims(),
-        model.checksum
-    );
-    let model_path_for_watch = model_path.clone();
-    let device = Arc::new(
-        NnDevice::at_generation(model, model_path, args.queues, generation)
-            .map_err(|e| format!("cannot create the device: {e}"))?,
-    );
+    if args.watch > 0 && args.model.is_none() {
+        return Err("--watch needs --model (the file to watch)".into());
+    }
+    let (device, generation) = match &args.model {
+        Some(model_path) => {
+            let (model, generation) = initial_model(&args, model_path)?;
+            let model = admin::with_kernel(model, kernel).map_err(|e| e.to_string())?;
+            info!(
+                "serving model {:?} ({:?}, crc32c:{:08x}) as generation {generation} on the \
+                 {kernel} kernel",
+                model.name,
+                model.mlp.dims(),
+                model.checksum
+            );
+            let device =
+                NnDevice::at_generation(model, model_path.clone(), args.queues, generation);
+            (device, generation)
+        }
+        None => {
+            info!("no model: requests are refused until an admin load");
+            (NnDevice::without_model(args.queues), 0)
+        }
+    };
+    let device = Arc::new(device.map_err(|e| format!("cannot create the device: {e}"))?);
     let mut stats = Stats::new(args.queues);
     if let Some(info) = control::Info::from_env().filter(|_| args.control_fd.is_some()) {
         stats = stats.with_supervisor(&info);
@@ -408,7 +418,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     if args.watch > 0 {
         watch::spawn(
             admin,
-            model_path_for_watch,
+            args.model.clone().unwrap_or_default(),
             Duration::from_millis(args.watch),
         )
         .map_err(|e| format!("cannot watch the model file: {e}"))?;

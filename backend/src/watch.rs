@@ -97,7 +97,7 @@ mod tests {
         std::fs::write(&tmp, model(7).to_bytes()).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
         assert!(eventually(|| dev.current().generation == 2), "not reloaded");
-        assert_eq!(dev.current().model.mlp.input_dim(), 7);
+        assert_eq!(dev.current().model.as_ref().unwrap().mlp.input_dim(), 7);
 
         // A broken file is refused; the model keeps serving.
         std::fs::write(&path, b"garbage").unwrap();
@@ -106,6 +106,6 @@ mod tests {
             "not refused"
         );
         assert_eq!(dev.current().generation, 2);
-        assert_eq!(dev.current().model.mlp.input_dim(), 7);
+        assert_eq!(dev.current().model.as_ref().unwrap().mlp.input_dim(), 7);
     }
 }
