@@ -183,8 +183,9 @@ class Daemon:
         env = dict(os.environ, NN_CORE_KERNEL=self.kernel_path)
         with open(self.logfile, "ab") as logf:
             self.proc = subprocess.Popen(
-                [DAEMON, "--socket-path", self.sock, "--model", self.model,
-                 "--admin-socket", self.admin, "--queues", str(self.queues)]
+                [DAEMON, "--socket-path", self.sock, "--admin-socket", self.admin,
+                 "--queues", str(self.queues)]
+                + (["--model", self.model] if self.model else [])
                 + (["--test-mode"] if self.test_mode else []),
                 stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + 20

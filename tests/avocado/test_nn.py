@@ -517,6 +517,33 @@ class Faults(NNTest):
         g.out(f"n=0; while [ $n -lt {secs * 10} ] && ! grep -q 'Status: active' {INFO}; "
               "do sleep 0.1; n=$((n+1)); done; grep 'Status: active' " + INFO, timeout=secs + 30)
 
+    def test_no_model_then_load(self):
+        """A daemon started without a model (unplug, a new daemon without
+        --model, replug): the driver binds, model_info says "no model",
+        predictions fail with ENODEV; the first admin load reaches the driver
+        (event queue) and the answers are the model's."""
+        g = self.guest
+        g.out(f"echo 0 >{CACHE_P}")
+        ref = self.ref(self.q1)
+        model = self.daemon.model
+        g.unplug(timeout=60)
+        self.daemon.kill9()
+        self.daemon.model = None
+        try:
+            self.daemon.start()
+        finally:
+            self.daemon.model = model
+        g.replug(self.daemon.sock)
+        g.out(f"n=0; while [ $n -lt 600 ] && ! grep -q 'Status: no model' {INFO}; "
+              f"do sleep 0.1; n=$((n+1)); done; grep 'Status: no model' {INFO}", timeout=90)
+        rc, out = self.predict(self.q1)
+        self.assertNotEqual(rc, 0, f"a prediction without a model answered: {out}")
+        self.assertIn("No such device", out)
+        self.assertEqual(self.daemon.load(model), 1)
+        self._wait_active(g)
+        self.assertEqual(self.predict(self.q1)[1], ref, "after the first load")
+        self.check_log()
+
     def test_daemon_restart(self):
         """The supported restart: device_del under load, wait DEVICE_DELETED of
         nn0dev, kill -9 the daemon, a new daemon, chardev-remove/-add,
