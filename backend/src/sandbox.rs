@@ -139,7 +139,6 @@ pub const SUPERVISOR_ALLOWED: &[i64] = &[
     libc::SYS_statx,
     libc::SYS_poll,
     libc::SYS_ppoll,
-    libc::SYS_pidfd_open,
     libc::SYS_pidfd_send_signal,
     libc::SYS_mmap,
     libc::SYS_munmap,

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 use nn_core::protocol::{cfg, CONFIG_SIZE, DEVICE_STATUS_ERROR};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
+use rustix::process::{pidfd_send_signal, Signal};
 
 use crate::control::{self, Info, ToSupervisor, ToWorker};
 use crate::sandbox::{self, Mode};
@@ -668,12 +668,8 @@ impl Supervisor {
             child_fds,
         };
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        let pid = self.spawner.spawn(&req, &borrowed)?;
+        let (pid, pidfd) = self.spawner.spawn(&req, &borrowed)?;
         drop(fds);
-        let pidfd = match Pid::from_raw(pid as i32).map(|p| pidfd_open(p, PidfdFlags::empty())) {
-            Some(Ok(fd)) => fd,
-            _ => return Err(format!("pidfd_open of worker {pid} failed")),
-        };
         let mut worker = Worker {
             pid,
             pidfd,

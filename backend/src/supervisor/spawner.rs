@@ -45,7 +45,8 @@ pub struct Spawn {
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "msg", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Report {
-    /// The child runs.
+    /// The child runs; its pidfd is attached (opened by the spawner before
+    /// it can reap the child, so it cannot name a reused pid).
     Spawned {
         /// Its pid.
         pid: u32,
@@ -101,14 +102,20 @@ impl Spawner {
         self.child.id()
     }
 
-    /// Starts `req` with `fds` (one per `req.child_fds`); its pid.
-    pub fn spawn(&mut self, req: &Spawn, fds: &[BorrowedFd<'_>]) -> Result<u32, String> {
+    /// Starts `req` with `fds` (one per `req.child_fds`); its pid and pidfd.
+    pub fn spawn(&mut self, req: &Spawn, fds: &[BorrowedFd<'_>]) -> Result<(u32, OwnedFd), String> {
         control::send(self.sock.as_fd(), req, fds).map_err(|e| format!("spawner: {e}"))?;
         loop {
-            match self.next(Duration::from_secs(30))? {
-                Report::Spawned { pid } => return Ok(pid),
-                Report::Failed { error } => return Err(error),
-                Report::Exited { pid, status } => {
+            match self.next_with_fds(Duration::from_secs(30))? {
+                (Report::Spawned { pid }, fds) => {
+                    let pidfd = fds
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| format!("no pidfd came with worker {pid}"))?;
+                    return Ok((pid, pidfd));
+                }
+                (Report::Failed { error }, _) => return Err(error),
+                (Report::Exited { pid, status }, _) => {
                     self.exits.insert(pid, status);
                 }
             }
@@ -134,6 +141,10 @@ impl Spawner {
     }
 
     fn next(&mut self, timeout: Duration) -> Result<Report, String> {
+        self.next_with_fds(timeout).map(|(r, _)| r)
+    }
+
+    fn next_with_fds(&mut self, timeout: Duration) -> Result<(Report, Vec<OwnedFd>), String> {
         let ts = Timespec::try_from(timeout).ok();
         let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
         match poll(&mut fds, ts.as_ref()) {
@@ -142,7 +153,7 @@ impl Spawner {
             Err(e) => return Err(format!("spawner: {e}")),
         }
         match control::recv::<Report>(self.sock.as_fd()) {
-            Ok(Some((r, _))) => Ok(r),
+            Ok(Some(m)) => Ok(m),
             Ok(None) => Err("the spawner is gone".into()),
             Err(e) => Err(format!("spawner: {e}")),
         }
@@ -204,15 +215,25 @@ pub fn serve(sock: OwnedFd) -> Result<(), String> {
                     continue;
                 }
             };
-            let report = match start(&spawn, fds) {
-                Ok(child) => {
-                    let pid = child.id();
-                    children.insert(pid, child);
-                    Report::Spawned { pid }
-                }
-                Err(error) => Report::Failed { error },
+            // The child is reaped only by this loop, after the report: its
+            // pidfd names it, not a reused pid.
+            let started = start(&spawn, fds).and_then(|child| {
+                let pidfd = rustix::process::pidfd_open(
+                    rustix::process::Pid::from_child(&child),
+                    rustix::process::PidfdFlags::empty(),
+                );
+                let pid = child.id();
+                children.insert(pid, child);
+                pidfd
+                    .map(|fd| (pid, fd))
+                    .map_err(|e| format!("pidfd_open of worker {pid}: {e}"))
+            });
+            let (report, pidfd) = match started {
+                Ok((pid, fd)) => (Report::Spawned { pid }, Some(fd)),
+                Err(error) => (Report::Failed { error }, None),
             };
-            if let Err(e) = control::send(sock.as_fd(), &report, &[]) {
+            let attached: Vec<BorrowedFd<'_>> = pidfd.iter().map(|f| f.as_fd()).collect();
+            if let Err(e) = control::send(sock.as_fd(), &report, &attached) {
                 return Err(format!("spawner: the supervisor is gone: {e}"));
             }
         }
