@@ -315,7 +315,6 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
             .collect(),
         admin,
         model_path,
-        max_model_bytes: nn_core::model::MAX_FILE_SIZE,
         worker_args,
         exe,
         min_backoff: Duration::from_millis(args.restart_backoff_ms),

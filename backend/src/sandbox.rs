@@ -172,7 +172,7 @@ pub fn apply_supervisor(mode: Mode) -> Result<(), String> {
 }
 
 /// The filter allowing `allowed`, for `mode`.
-pub fn filter_of(allowed: &[i64], mode: Mode) -> Result<Option<BpfProgram>, String> {
+fn filter_of(allowed: &[i64], mode: Mode) -> Result<Option<BpfProgram>, String> {
     let mismatch = match mode {
         Mode::Off => return Ok(None),
         Mode::Errno => SeccompAction::Errno(libc::EPERM as u32),

@@ -344,27 +344,35 @@ fn json_string(s: &str) -> String {
 impl Model {
     /// Reads and validates a model file.
     pub fn load(path: &std::path::Path) -> Result<Self, LoadError> {
-        use std::io::Read;
-        let name = || path.display().to_string();
-        let io = |e| LoadError::Io(name(), e);
-        // Only regular files: a FIFO would block the reader, a device such as
-        // /dev/zero reports no size and never ends.
-        if !std::fs::metadata(path).map_err(io)?.is_file() {
-            return Err(LoadError::NotAFile(name()));
-        }
-        let file = std::fs::File::open(path).map_err(io)?;
-        if !file.metadata().map_err(io)?.is_file() {
-            return Err(LoadError::NotAFile(name()));
-        }
-        let mut bytes = Vec::new();
-        file.take(MAX_FILE_SIZE as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
-        if bytes.len() > MAX_FILE_SIZE {
-            return Err(LoadError::Model(name(), ModelError::TooLarge(bytes.len())));
-        }
-        Self::from_bytes(&bytes).map_err(|e| LoadError::Model(name(), e))
+        let bytes = read_file(path)?;
+        Self::from_bytes(&bytes).map_err(|e| LoadError::Model(path.display().to_string(), e))
     }
+}
+
+/// The bytes of a model file, not validated: a regular file of at most
+/// [`MAX_FILE_SIZE`] bytes.
+#[cfg(feature = "std")]
+pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let name = || path.display().to_string();
+    let io = |e| LoadError::Io(name(), e);
+    // Only regular files: a FIFO would block the reader, a device such as
+    // /dev/zero reports no size and never ends.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(LoadError::NotAFile(name()));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(LoadError::NotAFile(name()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > MAX_FILE_SIZE {
+        return Err(LoadError::Model(name(), ModelError::TooLarge(bytes.len())));
+    }
+    Ok(bytes)
 }
 
 /// Why a model file could not be loaded from disk.

@@ -35,7 +35,7 @@ use rustix::process::{pidfd_send_signal, Signal};
 
 use crate::control::{self, Info, ToSupervisor, ToWorker};
 use crate::sandbox::{self, Mode};
-pub use journal::Journal;
+use journal::Journal;
 use spawner::{Spawn, Spawner};
 use wire::{code, Msg, WireError, FLAG_REPLY, VERSION_1};
 
@@ -66,8 +66,6 @@ pub struct Config {
     pub admin: Option<UnixListener>,
     /// The model file served at start, if any.
     pub model_path: Option<PathBuf>,
-    /// The model's bytes, at most this many.
-    pub max_model_bytes: usize,
     /// Arguments every worker gets (queues, kernel, sandbox, ...).
     pub worker_args: Vec<OsString>,
     /// The worker executable (this binary's path at start: an upgrade of the
@@ -131,7 +129,8 @@ struct Shutdown;
 pub fn run(cfg: Config) -> Result<(), String> {
     let model = match &cfg.model_path {
         Some(path) => {
-            let bytes = read_model(path, cfg.max_model_bytes)?;
+            // Validated by the worker that loads them.
+            let bytes = nn_core::model::read_file(path).map_err(|e| e.to_string())?;
             Some(
                 control::sealed_memfd("vhost-user-nn-model", &bytes)
                     .map_err(|e| format!("cannot keep the model in memory: {e}"))?,
@@ -194,23 +193,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
         let _ = std::fs::remove_file(p);
     }
     result
-}
-
-/// The model file's bytes (validated by the worker that loads them).
-fn read_model(path: &Path, max: usize) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a regular file", path.display()));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(max as u64 + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() > max {
-        return Err(format!("{}: larger than {max} bytes", path.display()));
-    }
-    Ok(bytes)
 }
 
 /// Name of a worker's socket in its directory.
@@ -279,12 +261,8 @@ struct Ready {
 
 impl Supervisor {
     fn serve(&mut self) -> Result<(), String> {
-        loop {
-            match self.turn() {
-                Ok(()) => {}
-                Err(Shutdown) => return Ok(()),
-            }
-        }
+        while self.turn().is_ok() {}
+        Ok(())
     }
 
     /// One turn of the loop: start a due worker or upgrade, wait, react.

@@ -97,11 +97,6 @@ impl Spawner {
         })
     }
 
-    /// Its pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Starts `req` with `fds` (one per `req.child_fds`); its pid and pidfd.
     pub fn spawn(&mut self, req: &Spawn, fds: &[BorrowedFd<'_>]) -> Result<(u32, OwnedFd), String> {
         control::send(self.sock.as_fd(), req, fds).map_err(|e| format!("spawner: {e}"))?;
@@ -157,11 +152,6 @@ impl Spawner {
             Ok(None) => Err("the spawner is gone".into()),
             Err(e) => Err(format!("spawner: {e}")),
         }
-    }
-
-    /// Forgets the exit reports not asked for.
-    pub fn forget_exits(&mut self) {
-        self.exits.clear();
     }
 }
 
