@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use nn_core::protocol::{RequestHeader, EVENT_CONFIG_CHANGED, STATUS_BAD_DIMS, STATUS_OK};
 use nn_core::Model;
 use serde_json::json;
-use vhost_user_nn::testing::frontend::{Frontend, Options, TIMEOUT};
+use vhost_user_nn::testing::frontend::TIMEOUT;
 
 mod common;
 
@@ -68,20 +68,9 @@ fn four_queues_under_200_hot_swaps_lose_nothing_and_answer_per_generation() {
         .start()
         .expect("daemon starts");
     let admin = daemon.admin_socket().unwrap().to_path_buf();
-    let fe = Frontend::connect_with(
-        daemon.socket(),
-        Options {
-            queues: QUEUES,
-            event_queue: true,
-            ..Options::default()
-        },
-    )
-    .expect("frontend connects");
+    // The first swaps are announced on the posted event buffers.
+    let fe = common::frontend_with_events(&daemon, QUEUES);
     assert_eq!(fe.config().unwrap().generation, 1);
-    // A few buffers on the event queue: the first swaps are announced there.
-    for _ in 0..4 {
-        fe.post_event_buffer().unwrap();
-    }
 
     // Generation -> index into `models`. Generation 1 is the start model.
     let gens: Mutex<HashMap<u32, usize>> = Mutex::new(HashMap::from([(1, 0)]));

@@ -22,7 +22,7 @@ use nn_core::protocol::{
 use nn_core::Model;
 use serde_json::json;
 use vhost_user_nn::testing::daemon::Daemon;
-use vhost_user_nn::testing::frontend::{Frontend, Options, TIMEOUT};
+use vhost_user_nn::testing::frontend::{Frontend, TIMEOUT};
 
 const QUEUES: usize = 4;
 const KILLS: usize = 200;
@@ -173,18 +173,8 @@ fn kill_under_load(swap: bool) {
         .arg("0")
         .start()
         .expect("daemon starts");
-    let fe = Frontend::connect_with(
-        daemon.socket(),
-        Options {
-            queues: QUEUES,
-            event_queue: true,
-            ..Options::default()
-        },
-    )
-    .expect("frontend connects");
-    for _ in 0..4 {
-        fe.post_event_buffer().unwrap();
-    }
+    // The first swaps are announced on the posted event buffers.
+    let fe = common::frontend_with_events(&daemon, QUEUES);
     let gens: Mutex<HashMap<u32, usize>> = Mutex::new(HashMap::from([(1, 0)]));
     let done = AtomicBool::new(false);
     let mut kill_times = Vec::new();

@@ -53,3 +53,25 @@ pub fn model(dims: &[usize], seed: u64, name: &str) -> Model {
         .collect();
     Model::new(Mlp::new(layers).unwrap(), name)
 }
+
+/// A frontend on `daemon` with `queues` request queues and the event queue,
+/// with 4 event buffers posted (QEMU's driver keeps some there).
+pub fn frontend_with_events(
+    daemon: &Daemon,
+    queues: usize,
+) -> vhost_user_nn::testing::frontend::Frontend {
+    use vhost_user_nn::testing::frontend::{Frontend, Options};
+    let fe = Frontend::connect_with(
+        daemon.socket(),
+        Options {
+            queues,
+            event_queue: true,
+            ..Options::default()
+        },
+    )
+    .expect("frontend connects");
+    for _ in 0..4 {
+        fe.post_event_buffer().unwrap();
+    }
+    fe
+}
