@@ -3,8 +3,8 @@
 //! In-process tests of [`VhostUserNnBackend::handle_event`] with real
 //! [`VringRwLock`]s over guest memory (as rust-vmm's vhost-device-vsock
 //! tests its backend), laid out by virtio-queue's `MockSplitQueue`: each
-//! worker thread gets the slice of vrings the library hands it (thread `t`:
-//! request queue `t`; thread 0 also the event queue), so these tests pin
+//! worker thread gets the slice of vrings the library hands it (thread `t <
+//! n`: request queue `t`; thread `n`: the event queue), so these tests pin
 //! the mapping from (thread, device event) to device queue.
 
 use std::fs::File;
@@ -109,14 +109,10 @@ impl Env {
         }
     }
 
-    /// The vrings worker thread `t` is given by the library.
+    /// The vrings worker thread `t` is given by the library (thread `n`
+    /// has the event queue).
     fn thread_vrings(&self, t: usize) -> Vec<VringRwLock> {
-        let n = self.queues.len() - 1;
-        let mut v = vec![self.queues[t].vring.clone()];
-        if t == 0 {
-            v.push(self.queues[n].vring.clone());
-        }
-        v
+        vec![self.queues[t].vring.clone()]
     }
 
     /// The driver's view of queue `q`.
@@ -253,7 +249,7 @@ fn each_thread_serves_its_own_request_queue() {
 }
 
 #[test]
-fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
+fn a_model_swap_is_announced_on_the_event_queue_by_its_own_thread() {
     const N: usize = 2;
     let mut env = Env::new(N);
     let ev = N;
@@ -262,13 +258,13 @@ fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
     let head = env.post(ev, buf, &[(Event::SIZE as u32, true)]);
     // Nothing changed yet: a pass over the event queue sends nothing.
     env.backend
-        .handle_event(1, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert!(env.used(ev).is_empty());
 
     assert_eq!(env.device.swap(small_model("b"), "b".into()), 2);
     env.backend
-        .handle_event(change, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(change, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev), vec![(u32::from(head), Event::SIZE as u32)]);
     assert!(env.called(ev));
@@ -282,15 +278,15 @@ fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
     assert!(env.used(0).is_empty());
 
     // A change with no buffer posted waits for the next buffer, which the
-    // driver's kick (the event queue's own event on thread 0) fills.
+    // driver's kick (the event queue's own event on its thread) fills.
     assert_eq!(env.device.swap(small_model("c"), "c".into()), 3);
     env.backend
-        .handle_event(change, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(change, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev).len(), 1);
     let head = env.post(ev, buf + 0x100, &[(Event::SIZE as u32, true)]);
     env.backend
-        .handle_event(1, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev)[1], (u32::from(head), Event::SIZE as u32));
     let e = Event::from_bytes(&env.read(buf + 0x100, Event::SIZE).try_into().unwrap());
@@ -298,7 +294,7 @@ fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
     // Announced once: another pass with a buffer posted sends nothing.
     env.post(ev, buf + 0x200, &[(Event::SIZE as u32, true)]);
     env.backend
-        .handle_event(1, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev).len(), 2);
 }
@@ -311,15 +307,18 @@ fn unknown_event_and_thread_combinations_are_errors_not_panics() {
     let cases: Vec<(u16, Vec<VringRwLock>, usize)> = vec![
         // Thread 1 has one queue: no local index 1.
         (1, vr(1), 1),
-        // No thread N (threads 0..N).
-        (0, vr(1), N),
+        // No thread N + 1 (threads 0..=N).
+        (0, vr(1), N + 1),
         (0, vr(1), usize::MAX),
-        // Thread 0 has local queues 0 and 1 only.
-        (2, vr(0), 0),
+        // Request-queue threads have local queue 0 only.
+        (1, vr(0), 0),
         (7, vr(0), 0),
+        // The event thread has local queue 0 and the change listener only.
+        (1, vr(N), N),
+        (7, vr(N), N),
         // The vrings do not match the thread (fewer than it has).
-        (1, vec![env.queues[0].vring.clone()], 0),
         (0, Vec::new(), 1),
+        (0, Vec::new(), N),
     ];
     for (event, vrings, thread) in cases {
         let r = env
