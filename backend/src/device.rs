@@ -716,6 +716,119 @@ mod tests {
         assert_eq!(y[0], 5 * ONE);
     }
 
+    /// A model of dims `[w, w]` with weights from `seed` (no ReLU).
+    fn square_model(w: usize, seed: i32) -> Model {
+        let weights = (0..w * w)
+            .map(|i| (i as i32).wrapping_mul(seed) % ONE)
+            .collect();
+        let l = Layer::new(w, w, weights, vec![seed; w], Activation::Identity).unwrap();
+        Model::new(Mlp::new(vec![l]).unwrap(), "square")
+    }
+
+    #[test]
+    fn a_large_request_is_served_in_bounded_blocks_and_capped_by_cost() {
+        const W: usize = 1024;
+        let dev = NnDevice::new(square_model(W, 7919), "sq".into(), 1).unwrap();
+        let max = dev.config().max_batch;
+        assert_eq!(max, protocol::max_batch_for(&[W, W]));
+        assert_eq!(block_samples(&[W, W]), 1, "one sample is a block here");
+        let n = 3;
+        let inputs: Vec<i32> = (0..n * W as i32).map(|i| (i % 977) * 64 - 30_000).collect();
+        let req = request(OP_PREDICT, n as u32, W as u32, &inputs);
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        );
+        let m = mem.memory();
+        m.write_slice(&req, GuestAddress(REQ)).unwrap();
+        let out_len = 24 + n as usize * W * 4;
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(REQ, req.len() as u32, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(
+                RESP,
+                out_len as u32,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ];
+        let q = MockSplitQueue::new(&*m, 16);
+        q.build_desc_chain(&descs).unwrap();
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        let chain = queue.iter(m.clone()).unwrap().next().unwrap();
+        let mut buf = Buffers::default();
+        let blocks = std::cell::Cell::new(0);
+        let out = dev
+            .process_chain_until(chain, &m, &mut buf, 16, &|| {
+                blocks.set(blocks.get() + 1);
+                false
+            })
+            .unwrap();
+        assert_eq!(out.status, Some(protocol::STATUS_OK));
+        assert_eq!(out.used_len as usize, out_len);
+        assert_eq!(blocks.get(), n as usize, "a stop check before every block");
+        // Bounded by one block (one sample), not by the request.
+        assert!(
+            buf.bytes.capacity() <= 2 * W * 4,
+            "{}",
+            buf.bytes.capacity()
+        );
+        assert!(buf.inputs.capacity() <= 2 * W, "{}", buf.inputs.capacity());
+        let mut got = vec![0i32; n as usize * W];
+        let mut resp = vec![0u8; got.len() * 4];
+        m.read_slice(&mut resp, GuestAddress(RESP + 24)).unwrap();
+        protocol::decode_values(&resp, &mut got);
+        let served = dev.current();
+        let mlp = &served.model.as_ref().unwrap().mlp;
+        let want: Vec<i32> = inputs
+            .chunks(W)
+            .flat_map(|x| mlp.predict(x).unwrap())
+            .collect();
+        assert_eq!(got, want);
+        // Above the cost cap: BAD_BATCH, whatever MAX_BATCH allows.
+        let big = request(OP_PREDICT, max + 1, W as u32, &[]);
+        let (out, _) = run(&dev, &big[..24], &[(REQ, 24, false), (RESP, 64, true)]);
+        assert_eq!(out.status, Some(protocol::STATUS_BAD_BATCH));
+    }
+
+    #[test]
+    fn a_stop_abandons_a_request_between_blocks() {
+        const W: usize = 1024;
+        let dev = NnDevice::new(square_model(W, 3), "sq".into(), 1).unwrap();
+        let inputs = vec![1i32; 4 * W];
+        let req = request(OP_PREDICT, 4, W as u32, &inputs);
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        );
+        let m = mem.memory();
+        m.write_slice(&req, GuestAddress(REQ)).unwrap();
+        m.write_slice(&[0xaa; 64], GuestAddress(RESP)).unwrap();
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(REQ, req.len() as u32, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(
+                RESP,
+                24 + 4 * W as u32 * 4,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ];
+        let q = MockSplitQueue::new(&*m, 16);
+        q.build_desc_chain(&descs).unwrap();
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        let chain = queue.iter(m.clone()).unwrap().next().unwrap();
+        let checks = std::cell::Cell::new(0);
+        let r = dev.process_chain_until(chain, &m, &mut Buffers::default(), 16, &|| {
+            checks.set(checks.get() + 1);
+            checks.get() > 2
+        });
+        assert_eq!(r, Err(Stopped));
+        assert_eq!(checks.get(), 3);
+        let mut head = [0u8; 24];
+        m.read_slice(&mut head, GuestAddress(RESP)).unwrap();
+        assert_eq!(
+            head, [0xaa; 24],
+            "no response header for an abandoned request"
+        );
+    }
+
     #[test]
     fn config_space_describes_the_model() {
         let dev = device();
