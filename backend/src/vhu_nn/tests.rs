@@ -369,3 +369,67 @@ fn event_idx_loop_with_avail_idx_far_ahead_terminates() {
     assert_eq!(r, Ok(()));
     assert_eq!(env.used(0).len(), 1, "nothing served from the broken ring");
 }
+
+/// Sets an eventfd as `q`'s kick and returns our end of it.
+fn kick_fd(env: &Env, q: usize) -> EventFd {
+    let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let dup = kick.try_clone().unwrap().into_raw_fd();
+    // SAFETY: `dup` is a fresh duplicate that nothing else owns; the File
+    // takes ownership of it.
+    env.queues[q]
+        .vring
+        .set_kick(Some(unsafe { File::from_raw_fd(dup) }));
+    kick
+}
+
+#[test]
+fn a_pass_ends_at_its_time_budget_and_re_arms_its_kick() {
+    let mut env = Env::new(1);
+    let kick = kick_fd(&env, 0);
+    // Every request takes longer than a pass may.
+    env.device
+        .set_test_delay(super::PASS_TIME.as_millis() as u64 + 1);
+    for i in 0..3 {
+        env.post_request(0, i, &inputs(i as i32, 1), 1);
+    }
+    for served in 1..=3 {
+        env.backend
+            .handle_event(0, EventSet::IN, &env.thread_vrings(0), 0)
+            .unwrap();
+        assert_eq!(env.used(0).len(), served, "one chain per pass");
+        assert!(env.called(0), "each pass signals what it returned");
+        assert_eq!(
+            kick.read().ok(),
+            Some(1),
+            "pass {served} re-armed the queue"
+        );
+    }
+    // Nothing left: the next pass returns without re-arming.
+    env.backend
+        .handle_event(0, EventSet::IN, &env.thread_vrings(0), 0)
+        .unwrap();
+    assert!(kick.read().is_err(), "a drained queue is not re-armed");
+}
+
+#[test]
+fn a_disabled_event_queue_is_not_written_until_enabled() {
+    const N: usize = 1;
+    let mut env = Env::new(N);
+    let ev = N;
+    let change = env.backend.change_event_id();
+    let buf = env.queues[ev].base + BUFS;
+    let head = env.post(ev, buf, &[(Event::SIZE as u32, true)]);
+    env.queues[ev].vring.set_enabled(false);
+    assert_eq!(env.device.swap(small_model("b"), "b".into()), 2);
+    env.backend
+        .handle_event(change, EventSet::IN, &env.thread_vrings(ev), ev)
+        .unwrap();
+    assert!(env.used(ev).is_empty(), "written while disabled");
+    env.queues[ev].vring.set_enabled(true);
+    env.backend
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
+        .unwrap();
+    assert_eq!(env.used(ev), vec![(u32::from(head), Event::SIZE as u32)]);
+    let e = Event::from_bytes(&env.read(buf, Event::SIZE).try_into().unwrap());
+    assert_eq!(e.generation, 2);
+}
