@@ -231,7 +231,7 @@ impl Admin {
     fn load(&self, path: &Path) -> Value {
         // Validation happens here, on the admin thread, off the data path.
         let loaded = crate::sandbox::may_read(path)
-            .and_then(|()| Model::load(path).map_err(|e| e.to_string()))
+            .and_then(|()| Model::load(path).map_err(|e| crate::sandbox::explain(e.to_string())))
             .and_then(|m| {
                 with_kernel(m, self.kernel).map_err(|e| format!("{}: {e}", path.display()))
             });

@@ -129,6 +129,22 @@ pub fn may_read(path: &Path) -> Result<(), String> {
     ))
 }
 
+/// `error`, a failed load of `path`, with a hint when reads are confined
+/// and it is a refusal (e.g. a symbolic link out of the allowed
+/// directories, which [`may_read`] cannot see).
+pub fn explain(error: String) -> String {
+    match CONFINED_TO.get() {
+        Some(dirs) if error.contains("os error 13") => format!(
+            "{error} (this daemon may read models only under {}, after symbolic links)",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        _ => error,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,7 +72,7 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 
-pub use fs::{confine_reads, may_read};
+pub use fs::{confine_reads, explain, may_read};
 pub use user::{drop_privileges, UserSpec};
 
 /// What happens to a system call outside the allow list.
