@@ -457,3 +457,41 @@ fn with_user_the_supervisor_and_its_worker_run_as_that_user() {
     let log = daemon.log();
     assert!(!log.contains("seccomp: system call"), "{log}");
 }
+
+/// `--seccomp kill`: a worker killed by SIGSYS is restarted, and the
+/// supervisor's log says it was seccomp. (The signal is sent from here:
+/// no call the worker makes is refused on purpose.)
+#[test]
+fn in_kill_mode_the_supervisor_names_a_sigsys_death_seccomp() {
+    let daemon = common::daemon()
+        .model(common::default_model())
+        .arg("--seccomp")
+        .arg("kill")
+        .admin()
+        .start()
+        .expect("daemon starts");
+    let pid_of = |d: &vhost_user_nn::testing::daemon::Daemon| {
+        d.admin_request(&json!({"cmd": "status"}).to_string())
+            .ok()
+            .and_then(|s| s["pid"].as_u64())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(p) = pid_of(&daemon) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no status: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // SAFETY: kill takes integers; `first` is the daemon's worker.
+    assert_eq!(unsafe { libc::kill(first as libc::pid_t, libc::SIGSYS) }, 0);
+    loop {
+        if pid_of(&daemon).is_some_and(|p| p != first) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = daemon.log();
+    assert!(log.contains("killed by SIGSYS (seccomp)"), "{log}");
+}
