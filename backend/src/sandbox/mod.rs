@@ -149,6 +149,13 @@ impl Options {
             format!("{:?}", self.seccomp).to_lowercase().into(),
         ];
         for d in self.model_dirs(model)? {
+            // Refused here, at start, rather than by every worker.
+            if !d.is_dir() {
+                return Err(format!(
+                    "--allow-model-dir {}: not a directory (or not reachable)",
+                    d.display()
+                ));
+            }
             args.push("--allow-model-dir".into());
             args.push(d.into());
         }
@@ -658,7 +665,7 @@ mod tests {
         );
         assert!(o.model_dirs(None).unwrap().is_empty());
         let o = Options {
-            allow_model_dir: vec!["/a".into(), "/b".into()],
+            allow_model_dir: vec!["/".into(), "/tmp".into()],
             ..o
         };
         assert_eq!(
@@ -668,11 +675,16 @@ mod tests {
                 "--seccomp",
                 "trap",
                 "--allow-model-dir",
-                "/a",
+                "/",
                 "--allow-model-dir",
-                "/b"
+                "/tmp"
             ]
             .map(OsString::from)
         );
+        let o = Options {
+            allow_model_dir: vec!["/no/such/dir".into()],
+            ..o
+        };
+        assert!(o.worker_args(None).unwrap_err().contains("/no/such/dir"));
     }
 }
