@@ -219,7 +219,7 @@ pub fn user_name(uid: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-/// setgroups([gid]), setgid(gid), setuid(uid), in that order (glibc applies
+/// `setgroups([gid])`, `setgid(gid)`, `setuid(uid)`, in that order (glibc applies
 /// each to every thread of the process).
 pub fn set_ids(uid: u32, gid: u32) -> io::Result<()> {
     let groups = [gid];
