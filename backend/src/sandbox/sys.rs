@@ -39,6 +39,10 @@ fn set_return(uc: &mut libc::ucontext_t, value: i64) {
     uc.uc_mcontext.regs[0] = value as u64;
 }
 
+/// Elsewhere the handler is never installed ([`TRAP_SUPPORTED`]).
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn set_return(_uc: &mut libc::ucontext_t, _value: i64) {}
+
 /// Whether [`install_sigsys_handler`] can make a trapped call fail.
 pub const TRAP_SUPPORTED: bool = cfg!(any(target_arch = "x86_64", target_arch = "aarch64"));
 
