@@ -54,6 +54,14 @@
 //! killed worker and logs `killed by SIGSYS (seccomp)`); [`Mode::Log`]
 //! allows and logs to the audit log, for building the lists.
 //!
+//! One kernel rule limits the trap: a call refused while the thread blocks
+//! SIGSYS cannot run the handler, and the kernel kills the process instead
+//! (as in kill mode). glibc blocks every signal only around its own `clone`
+//! calls (`pthread_create`, allowed; `posix_spawn`/`fork`, which the daemon
+//! does not make after start-up), so in practice this is the `kill`
+//! behaviour for starting a process — and for a worker, a restart by the
+//! supervisor.
+//!
 //! Beyond this an operator should run the daemon in its own mount namespace
 //! with a read-only view of the file system and no network (see
 //! `backend/contrib/vhost-user-nn.service` for the systemd settings).
@@ -583,6 +591,11 @@ mod tests {
     #[test]
     fn under_the_supervisors_filter_open_exec_inet_and_exec_maps_are_refused() {
         let (open, exec, inet, unix, map_exec) = std::thread::spawn(move || {
+            // Errno, not trap: std's Command uses posix_spawn, which blocks
+            // every signal around its clone; a call trapped while SIGSYS is
+            // blocked kills the process (the kernel's rule, see the module
+            // documentation), here the test binary. The trap is tested in
+            // tests/sandbox.rs, in a child process.
             apply_supervisor_to_this_thread(Mode::Errno).unwrap();
             let open = std::fs::File::open("/etc/hostname").map_err(|e| e.raw_os_error());
             let exec = std::process::Command::new("/bin/true")
