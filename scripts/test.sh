@@ -39,7 +39,7 @@ cargo build --quiet -p nn-core --no-default-features
 
 log "nn-core on aarch64 under qemu-user (runs the NEON kernel)"
 "$REPO/nn-core/scripts/test-aarch64.sh"
-log "crates outside the workspace: nn-core/bench, backend/fuzz (cargo check; fuzz smoke runs with nightly)"; "$REPO/scripts/check-extra.sh"
+log "crates outside the workspace: nn-core/bench, backend/fuzz (cargo check; fuzz smoke runs with nightly); the backend for aarch64 (clippy)"; "$REPO/scripts/check-extra.sh"
 
 log "guest driver suite (timeouts, hot-swap, unplug/replug, rmmod under load)"
 PY="$("$REPO/scripts/setup-avocado.sh")"   # the harness (tests/avocado/nnlib.py) needs qemu.qmp

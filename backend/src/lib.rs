@@ -12,7 +12,7 @@
 //! * [`stats`]: request counters and latency histograms (Prometheus).
 //! * [`health`]: frontend connection and worker states (admin `health`,
 //!   the config space's status).
-//! * [`sandbox`]: the seccomp filter.
+//! * [`sandbox`]: seccomp filters, Landlock, `--user`.
 //! * [`watch`]: `--watch`, reloading the model when its file changes.
 //!
 //! The binary (`main.rs`) holds the command line and the serve loop.

@@ -23,7 +23,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vhost_user_nn::admin::{self, Admin};
 use vhost_user_nn::control;
 use vhost_user_nn::device::NnDevice;
-use vhost_user_nn::sandbox::{self, Mode};
+use vhost_user_nn::sandbox;
 use vhost_user_nn::stats::Stats;
 use vhost_user_nn::supervisor;
 use vhost_user_nn::vhu_nn::VhostUserNnBackend;
@@ -89,10 +89,8 @@ struct ServeArgs {
     #[arg(long, env = "NN_CORE_KERNEL", default_value = "auto")]
     kernel: Kernel,
 
-    /// Seccomp sandbox: what happens to a system call the daemon does not
-    /// need (installed after start-up, on every thread).
-    #[arg(long, value_enum, default_value_t = Mode::Errno)]
-    seccomp: Mode,
+    #[command(flatten)]
+    sandbox: sandbox::Options,
 
     /// After serving a queue, poll it this many microseconds for the next
     /// request before sleeping on its kick (0: off; at most 100000). Cuts
@@ -247,6 +245,15 @@ fn unix_listener(args: &ServeArgs) -> Result<UnixListener, String> {
     }
 }
 
+/// The directories of the sockets a single process creates and removes.
+fn owned_socket_dirs(args: &ServeArgs) -> Vec<PathBuf> {
+    [&args.socket_path, &args.admin_socket]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| std::path::absolute(p).ok()?.parent().map(Path::to_path_buf))
+        .collect()
+}
+
 /// Removes the sockets and exits on SIGTERM or SIGINT.
 fn exit_on_signals(paths: Vec<PathBuf>) -> Result<(), String> {
     use signal_hook::consts::{SIGINT, SIGTERM};
@@ -305,13 +312,12 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
         args.queues.to_string().into(),
         "--kernel".into(),
         args.kernel.to_string().into(),
-        "--seccomp".into(),
-        format!("{:?}", args.seccomp).to_lowercase().into(),
         "--watch".into(),
         args.watch.to_string().into(),
         "--poll-us".into(),
         args.poll_us.to_string().into(),
     ];
+    worker_args.extend(args.sandbox.worker_args(args.model.as_deref())?);
     if args.test_mode {
         worker_args.push("--test-mode".into());
     }
@@ -328,7 +334,8 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
         worker_args,
         exe,
         min_backoff: Duration::from_millis(args.restart_backoff_ms),
-        seccomp: args.seccomp,
+        seccomp: args.sandbox.seccomp,
+        user: args.sandbox.user.clone(),
     })
 }
 
@@ -382,6 +389,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
     };
     let device = Arc::new(device.map_err(|e| format!("cannot create the device: {e}"))?);
+    // Before any thread starts (Landlock confines this thread and its new ones).
+    sandbox::confine_reads(
+        &args.sandbox.model_dirs(args.model.as_deref())?,
+        &owned_socket_dirs(&args),
+    )?;
     let mut stats = Stats::new(args.queues);
     if let Some(info) = control::Info::from_env().filter(|_| args.control_fd.is_some()) {
         stats = stats.with_supervisor(&info);
@@ -438,8 +450,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .cloned()
         .collect();
     exit_on_signals(owned)?;
-    sandbox::apply(args.seccomp)?;
-    info!("seccomp: {:?}", args.seccomp);
+    if let Some(user) = &args.sandbox.user {
+        sandbox::drop_privileges(user)?;
+    }
+    sandbox::apply(args.sandbox.seccomp)?;
+    info!("seccomp: {:?}", args.sandbox.seccomp);
     let where_ = args.socket_path.as_deref().map_or_else(
         || format!("fd {}", args.fd.unwrap_or(-1)),
         |p: &Path| p.display().to_string(),
