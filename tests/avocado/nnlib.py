@@ -317,6 +317,22 @@ class Daemon:
         for p in (self.sock, self.admin):
             if os.path.exists(p):
                 os.unlink(p)
+        refused = self.sandbox_refusals()
+        if refused:
+            raise RuntimeError("the daemon's sandbox refused system calls it needed: "
+                               + "; ".join(refused[:5]))
+
+    def sandbox_refusals(self):
+        """Lines of the daemon's log where its seccomp filter refused a call
+        (`seccomp: system call N refused`, or a worker killed by SIGSYS): a
+        path the allow list misses. Every guest test runs the filter in its
+        production mode, so any such line fails the test."""
+        try:
+            with open(self.logfile, errors="replace") as f:
+                return [l.strip() for l in f
+                        if "seccomp: system call" in l or "killed by SIGSYS" in l]
+        except FileNotFoundError:
+            return []
 
 
 class GuestError(Exception):
