@@ -103,6 +103,9 @@ struct ServeArgs {
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     admin_socket_mode: u32,
 
+    #[command(flatten)]
+    admin_access: admin::AccessArgs,
+
     /// Run as one process: no supervisor, so a crash or an upgrade closes
     /// QEMU's connection (for debugging).
     #[arg(long)]
@@ -302,6 +305,7 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
         "--watch".into(),
         args.watch.to_string().into(),
     ];
+    worker_args.extend(args.admin_access.to_args());
     if args.test_mode {
         worker_args.push("--test-mode".into());
     }
@@ -393,8 +397,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         c.ready()
             .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
     }
-    let mut admin =
-        Admin::new(device.clone(), stats.clone(), kernel).with_test_mode(args.test_mode);
+    let mut admin = Admin::new(device.clone(), stats.clone(), kernel)
+        .with_test_mode(args.test_mode)
+        .with_access(args.admin_access.access());
     if let Some(c) = &control {
         let (c1, c2) = (c.clone(), c.clone());
         admin = admin
