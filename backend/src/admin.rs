@@ -781,9 +781,17 @@ fn accept_loop(admin: Arc<Admin>, listener: UnixListener) {
 pub fn request(path: &Path, line: &str) -> io::Result<Value> {
     let mut stream = UnixStream::connect(path)?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    writeln!(stream, "{line}")?;
+    // The daemon may answer and close before reading the request (a
+    // refused client, too many clients): the write then fails with EPIPE,
+    // but its answer is there to read.
+    let sent = writeln!(stream, "{line}");
     let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
+    let read = BufReader::new(stream).read_line(&mut reply);
+    match (read, sent) {
+        (Ok(n), _) if n > 0 => {}
+        (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
+        (Ok(_), Ok(())) => {}
+    }
     serde_json::from_str(&reply).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
