@@ -305,10 +305,10 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
         "--watch".into(),
         args.watch.to_string().into(),
     ];
-    worker_args.extend(args.admin_access.to_args());
     if args.test_mode {
         worker_args.push("--test-mode".into());
     }
+    worker_args.extend(args.admin_access.to_args());
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     supervisor::run(supervisor::Config {
         listener,
