@@ -6,7 +6,7 @@
 //!
 //! | request | reply (besides `"ok": true`) |
 //! |---|---|
-//! | `{"cmd":"status"}` | `generation`, `model` (name, dims, checksum, path), `queues`, `uptime_s` |
+//! | `{"cmd":"status"}` | `generation`, `model` (name, dims, checksum, path), `queues`, `uptime_s`, `pid`, `supervisor`, `admin` (`clients` served now, `refused` peers, `timed_out` clients) |
 //! | `{"cmd":"health"}` | `healthy` (every check passes), `status` (the config space's: `ready` or `error`), `checks`: each with `check` (`model`, `frontend`, `worker` + `queue`), `ok`, `state`, `reason` (see [`crate::health`]) |
 //! | `{"cmd":"stats"}` | `queues` (per queue ok/errors/samples), `swaps`, `swap_failures` |
 //! | `{"cmd":"metrics"}` | `text`: the Prometheus text exposition |
@@ -779,7 +779,11 @@ fn accept_loop(admin: Arc<Admin>, listener: UnixListener) {
 
 /// Sends one request line to an admin socket and returns the reply.
 pub fn request(path: &Path, line: &str) -> io::Result<Value> {
-    let mut stream = UnixStream::connect(path)?;
+    request_on(UnixStream::connect(path)?, line)
+}
+
+/// [`request`] on a connected stream.
+fn request_on(mut stream: UnixStream, line: &str) -> io::Result<Value> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     // The daemon may answer and close before reading the request (a
     // refused client, too many clients): the write then fails with EPIPE,
@@ -1048,5 +1052,55 @@ mod tests {
             ]
         );
         assert_eq!(args.access().timeout, Duration::from_millis(250));
+    }
+
+    /// A daemon may answer and close before it reads the request (a refused
+    /// peer): the request's write fails (EPIPE), the answer is still read.
+    #[test]
+    fn request_reads_an_answer_sent_before_the_request() {
+        let (client, server) = UnixStream::pair().unwrap();
+        (&server)
+            .write_all(b"{\"ok\":false,\"error\":\"permission denied (uid 7)\"}\n")
+            .unwrap();
+        drop(server);
+        let r = request_on(client, r#"{"cmd":"status"}"#).unwrap();
+        assert_eq!(r["error"], "permission denied (uid 7)");
+        // Nothing sent and the peer gone: the write's error.
+        let (client, server) = UnixStream::pair().unwrap();
+        drop(server);
+        let e = request_on(client, "{}").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+    }
+
+    /// The socket never shows at its path with another mode than asked
+    /// (another thread watches the path while it is bound, over and over).
+    #[test]
+    fn bind_shows_no_other_mode_at_any_moment() {
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.sock");
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, done) = (path.clone(), done.clone());
+            thread::spawn(move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        seen.insert(m.permissions().mode() & 0o777);
+                    }
+                }
+                seen
+            })
+        };
+        for _ in 0..300 {
+            drop(bind(&path, 0o600).unwrap());
+        }
+        done.store(true, Ordering::Relaxed);
+        let seen = watcher.join().unwrap();
+        assert!(
+            seen.iter().all(|&m| m == 0o600),
+            "modes seen: {:?}",
+            seen.iter().map(|m| format!("{m:o}")).collect::<Vec<_>>()
+        );
     }
 }
