@@ -651,17 +651,24 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     };
     let dir = private_dir(parent)?;
     let tmp = dir.join("s");
-    let bound = UnixListener::bind(&tmp).and_then(|listener| {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => io::Error::new(
+    let bound = UnixListener::bind(&tmp)
+        .map_err(|e| {
+            io::Error::new(
                 e.kind(),
-                format!("{} appeared while binding; left in place", path.display()),
-            ),
-            _ => e,
-        })?;
-        Ok(listener)
-    });
+                format!("cannot bind {} (next to the path): {e}", tmp.display()),
+            )
+        })
+        .and_then(|listener| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+            std::fs::hard_link(&tmp, path).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => io::Error::new(
+                    e.kind(),
+                    format!("{} appeared while binding; left in place", path.display()),
+                ),
+                _ => e,
+            })?;
+            Ok(listener)
+        });
     let _ = std::fs::remove_file(&tmp);
     let _ = std::fs::remove_dir(&dir);
     let listener = bound?;
