@@ -13,7 +13,7 @@
 #     queue, rmmod under load, device unplug/replug with a daemon restart
 #  5. the avocado smoke subset (scripts/matrix.sh --smoke, tests/avocado):
 #     builds the debug kernel (KASAN + lockdep) and its module if missing
-#     (~7-10 min once), then 3 cells x every test (~14 min). Its Functional
+#     (~7-10 min once), then 3 cells x every test (~16 min). Its Functional
 #     tests are the end-to-end checks: each starts the daemon, boots a QEMU
 #     guest with the real driver and compares its /proc and /dev answers bit
 #     for bit with nn-core on the host (whole-number, Q16.16, extreme and
@@ -39,7 +39,7 @@ cargo build --quiet -p nn-core --no-default-features
 
 log "nn-core on aarch64 under qemu-user (runs the NEON kernel)"
 "$REPO/nn-core/scripts/test-aarch64.sh"
-log "crates outside the workspace: nn-core/bench, backend/fuzz (cargo check; fuzz smoke runs with nightly)"; "$REPO/scripts/check-extra.sh"
+log "crates outside the workspace: nn-core/bench, backend/fuzz (cargo check; fuzz smoke runs with nightly); the backend for aarch64 (clippy)"; "$REPO/scripts/check-extra.sh"
 
 log "guest driver suite (timeouts, hot-swap, unplug/replug, rmmod under load)"
 PY="$("$REPO/scripts/setup-avocado.sh")"   # the harness (tests/avocado/nnlib.py) needs qemu.qmp

@@ -413,9 +413,11 @@ impl Admin {
             Err(TryLockError::WouldBlock) => return None,
         };
         // Validation happens here, on the admin thread, off the data path.
-        let loaded = Model::load(path).map_err(|e| e.to_string()).and_then(|m| {
-            with_kernel(m, self.kernel).map_err(|e| format!("{}: {e}", path.display()))
-        });
+        let loaded = crate::sandbox::may_read(path)
+            .and_then(|()| Model::load(path).map_err(|e| crate::sandbox::explain(e.to_string())))
+            .and_then(|m| {
+                with_kernel(m, self.kernel).map_err(|e| format!("{}: {e}", path.display()))
+            });
         let loaded = loaded.and_then(|model| match &self.persist {
             Some(persist) => persist(&model, self.device.next_generation(), path)
                 .map(|()| model)

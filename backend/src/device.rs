@@ -7,7 +7,6 @@
 //! checked before use, and every failure that leaves room for a response
 //! header is answered with an error status (see `nn-core/PROTOCOL.md`).
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -20,8 +19,10 @@ use nn_core::protocol::{
 };
 use nn_core::{Model, Scratch};
 
+use crate::chain::Segments;
 use crate::health::{Health, ModelInfo};
-use virtio_queue::{DescriptorChain, Reader};
+use crate::ratelimit::warn_limited;
+use virtio_queue::DescriptorChain;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -57,14 +58,39 @@ pub struct NnDevice {
     health: Health,
 }
 
-/// Per-worker reusable buffers, so the data path does not allocate per request.
+/// Per-worker reusable buffers, so the data path does not allocate per
+/// request. A request is served in blocks of samples ([`block_samples`]), so
+/// these stay bounded by one block whatever the request's size.
 #[derive(Default)]
 pub struct Buffers {
+    segs: Segments,
     bytes: Vec<u8>,
     inputs: Vec<i32>,
     outputs: Vec<i32>,
     scratch: Scratch,
 }
+
+/// Most multiply-accumulates computed between two checks for a stop (a
+/// stopped ring, a disconnect): about a millisecond of one core.
+pub const BLOCK_MACS: u64 = 1 << 20;
+
+/// Most bytes of inputs and outputs one block moves.
+pub const BLOCK_BYTES: usize = 256 * 1024;
+
+/// Samples per block for a model of layer widths `dims`: at most
+/// [`BLOCK_MACS`] and [`BLOCK_BYTES`] worth, at least one.
+pub fn block_samples(dims: &[usize]) -> usize {
+    let macs = protocol::macs_per_sample(dims).max(1);
+    let io = 4 * (dims.first().copied().unwrap_or(0) + dims.last().copied().unwrap_or(0));
+    let by_macs = usize::try_from(BLOCK_MACS / macs).unwrap_or(usize::MAX);
+    let by_bytes = BLOCK_BYTES / io.max(1);
+    by_macs.min(by_bytes).max(1)
+}
+
+/// A request was abandoned because its ring stopped or the connection ended
+/// while it was served: nothing may be written for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped;
 
 /// What processing a chain produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,12 +213,18 @@ impl NnDevice {
     pub fn swap(&self, model: Model, source: PathBuf) -> u32 {
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
         let generation = next_generation(served.generation);
-        *served = Arc::new(Served {
-            model: Some(model),
-            generation,
-            source,
-        });
+        let old = std::mem::replace(
+            &mut *served,
+            Arc::new(Served {
+                model: Some(model),
+                generation,
+                source,
+            }),
+        );
         drop(served);
+        // Freed (if no request still holds it) after the lock is released:
+        // freeing a large model must not hold up GET_CONFIG and requests.
+        drop(old);
         if let Err(e) = self.changed.write(1) {
             warn!("cannot signal the model change to the event queue: {e}");
         }
@@ -227,7 +259,11 @@ impl NnDevice {
             generation: served.generation,
             status: self.status(),
             num_layers: dims.len().saturating_sub(1) as u32,
-            max_batch: MAX_BATCH,
+            max_batch: if dims.is_empty() {
+                MAX_BATCH
+            } else {
+                protocol::max_batch_for(&dims)
+            },
             num_req_queues: self.num_req_queues,
             dims: cfg_dims,
         }
@@ -258,50 +294,78 @@ impl NnDevice {
     }
 
     /// Handles one request chain: reads the request, runs the model, writes
-    /// the response. Never panics on guest input.
-    pub fn process_chain(
+    /// the response. Never panics on guest input. A chain may hold at most
+    /// [`crate::vhu_nn::QUEUE_SIZE`] descriptors.
+    pub fn process_chain<M>(
         &self,
-        chain: DescriptorChain<GuestMemoryRef>,
+        chain: DescriptorChain<M>,
         mem: &GuestMemory,
         buf: &mut Buffers,
-    ) -> Outcome {
+    ) -> Outcome
+    where
+        M: std::ops::Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        self.process_chain_until(chain, mem, buf, crate::vhu_nn::QUEUE_SIZE, &|| false)
+            .unwrap_or(Outcome::DROPPED)
+    }
+
+    /// [`NnDevice::process_chain`] for a chain of at most `max_descs`
+    /// descriptors (the queue size), checking `stop` between blocks of
+    /// samples: once it returns true the request is abandoned and
+    /// `Err(Stopped)` returned; nothing more is written for it.
+    pub fn process_chain_until<M>(
+        &self,
+        chain: DescriptorChain<M>,
+        mem: &GuestMemory,
+        buf: &mut Buffers,
+        max_descs: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Outcome, Stopped>
+    where
+        M: std::ops::Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
         let delay = self.delay_ms();
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        // Invariant: only the chain the guest built is answered.
-        // virtio-queue ends a chain silently when it loops, is longer than
-        // the queue, has a `next` out of range, a bad indirect table or over
-        // 4 GiB in total; its last descriptor then still says NEXT. Such a
-        // cut-short chain is returned unanswered (used length 0), never
-        // answered into a layout that is not the guest's (hostile-guest
-        // tests in backend/tests/frontend_hostile.rs).
-        if chain.clone().last().is_some_and(|d| d.has_next()) {
-            warn!("malformed descriptor chain (loop, too long or bad next/indirect)");
-            return Outcome::DROPPED;
+        let mut segs = std::mem::take(&mut buf.segs);
+        let r = self.serve_segments(chain, mem, buf, &mut segs, max_descs, stop);
+        buf.segs = segs;
+        r
+    }
+
+    fn serve_segments<M>(
+        &self,
+        chain: DescriptorChain<M>,
+        mem: &GuestMemory,
+        buf: &mut Buffers,
+        segs: &mut Segments,
+        max_descs: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Outcome, Stopped>
+    where
+        M: std::ops::Deref,
+        M::Target: vm_memory::GuestMemory,
+    {
+        if let Err(e) = segs.parse(chain, mem, max_descs) {
+            warn_limited!("{e}");
+            return Ok(Outcome::DROPPED);
         }
-        let reader = chain.clone().reader(mem);
-        let mut writer = match chain.writer(mem) {
-            Ok(w) => w,
-            Err(e) => {
-                warn!("request without usable writable descriptors: {e}");
-                return Outcome::DROPPED;
-            }
-        };
-        if writer.available_bytes() < ResponseHeader::SIZE {
-            warn!(
+        if segs.writable_len() < ResponseHeader::SIZE {
+            warn_limited!(
                 "writable part of {} bytes cannot hold a response header",
-                writer.available_bytes()
+                segs.writable_len()
             );
-            return Outcome::DROPPED;
+            return Ok(Outcome::DROPPED);
         }
         let served = self.current();
-        let (mut resp, outputs) = match reader {
-            Ok(mut reader) => self.answer(&served, &mut reader, writer.available_bytes(), buf),
-            Err(e) => {
-                warn!("request with unreadable descriptors: {e}");
-                (error(&served, 0, protocol::STATUS_DEVICE_ERROR), false)
-            }
+        let (mut resp, payload) = if segs.unreadable() {
+            warn_limited!("request with readable descriptors outside guest memory");
+            (error(&served, 0, protocol::STATUS_DEVICE_ERROR), 0)
+        } else {
+            self.answer(&served, segs, mem, buf, stop)?
         };
         if resp.status != protocol::STATUS_OK {
             debug!(
@@ -310,48 +374,41 @@ impl NnDevice {
                 protocol::status_name(resp.status)
             );
         }
-        let payload = if outputs {
-            let n = buf.outputs.len() * 4;
-            buf.bytes.resize(n, 0);
-            protocol::encode_values(&buf.outputs, &mut buf.bytes);
-            &buf.bytes[..n]
-        } else {
-            &[][..]
-        };
-        let written = writer
-            .write_all(&resp.to_bytes())
-            .and_then(|()| writer.write_all(payload));
-        if let Err(e) = written {
-            // Room was checked above, so only a memory fault gets here.
-            warn!("writing response {}: {e}", resp.id);
+        let mut used = ResponseHeader::SIZE + payload;
+        if let Err(e) = segs.write_at(mem, 0, &resp.to_bytes()) {
+            // Room was checked and the segments are in guest memory, so
+            // only a fault of the memory itself gets here.
+            warn_limited!("writing response {}: {e}", resp.id);
             resp.status = protocol::STATUS_DEVICE_ERROR;
+            used = 0;
         }
-        Outcome {
-            used_len: writer.bytes_written() as u32,
+        Ok(Outcome {
+            used_len: used as u32,
             status: Some(resp.status),
             samples: if resp.status == protocol::STATUS_OK {
                 resp.num_samples
             } else {
                 0
             },
-        }
+        })
     }
 
-    /// Decides the response header; on success leaves the outputs in
-    /// `buf.outputs` and returns `true` as the second value.
+    /// Decides the response header; on success the outputs are already
+    /// written after it and their byte count is returned as the second value.
     fn answer(
         &self,
         served: &Served,
-        reader: &mut Reader<'_>,
-        room: usize,
+        segs: &Segments,
+        mem: &GuestMemory,
         buf: &mut Buffers,
-    ) -> (ResponseHeader, bool) {
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(ResponseHeader, usize), Stopped> {
         let mut hb = [0u8; RequestHeader::SIZE];
-        if reader.available_bytes() < RequestHeader::SIZE || reader.read_exact(&mut hb).is_err() {
-            return (error(served, 0, protocol::STATUS_MALFORMED), false);
+        if segs.readable_len() < RequestHeader::SIZE || segs.read_at(mem, 0, &mut hb).is_err() {
+            return Ok((error(served, 0, protocol::STATUS_MALFORMED), 0));
         }
         let req = RequestHeader::from_bytes(&hb);
-        let err = |status| (error(served, req.id, status), false);
+        let err = |status| Ok((error(served, req.id, status), 0));
         if req.flags != 0 || !matches!(req.opcode, OP_PREDICT | OP_NULL) {
             return err(protocol::STATUS_UNSUPPORTED);
         }
@@ -359,15 +416,16 @@ impl NnDevice {
             return err(protocol::STATUS_NO_MODEL);
         };
         let mlp = &model.mlp;
-        if req.num_samples == 0 || req.num_samples > MAX_BATCH {
+        let dims = mlp.dims();
+        if req.num_samples == 0 || req.num_samples > protocol::max_batch_for(&dims) {
             return err(protocol::STATUS_BAD_BATCH);
         }
         if req.in_dim as usize != mlp.input_dim() {
             return err(protocol::STATUS_BAD_DIMS);
         }
+        let (n, in_dim) = (req.num_samples as usize, mlp.input_dim());
         // Bounded by MAX_BATCH * MAX_DIM * 4, so no overflow.
-        let in_len = req.num_samples as usize * mlp.input_dim() * 4;
-        if reader.available_bytes() != in_len {
+        if segs.readable_len() != RequestHeader::SIZE + n * in_dim * 4 {
             return err(protocol::STATUS_MALFORMED);
         }
         let out_dim = if req.opcode == OP_PREDICT {
@@ -375,13 +433,9 @@ impl NnDevice {
         } else {
             0
         };
-        let out_len = req.num_samples as usize * out_dim * 4;
-        if room < ResponseHeader::SIZE + out_len {
+        let out_len = n * out_dim * 4;
+        if segs.writable_len() < ResponseHeader::SIZE + out_len {
             return err(protocol::STATUS_NO_SPACE);
-        }
-        buf.bytes.resize(in_len, 0);
-        if reader.read_exact(&mut buf.bytes).is_err() {
-            return err(protocol::STATUS_DEVICE_ERROR);
         }
         let ok = ResponseHeader {
             status: protocol::STATUS_OK,
@@ -391,20 +445,37 @@ impl NnDevice {
             out_dim: out_dim as u32,
         };
         if req.opcode == OP_NULL {
-            buf.outputs.clear();
-            return (ok, false);
+            return Ok((ok, 0));
         }
-        buf.inputs.resize(in_len / 4, 0);
-        protocol::decode_values(&buf.bytes, &mut buf.inputs);
-        buf.outputs.resize(out_len / 4, 0);
-        match mlp.predict_batch(&buf.inputs, &mut buf.outputs, &mut buf.scratch) {
-            Ok(()) => (ok, true),
-            Err(e) => {
-                // Shapes were checked above; this would be a daemon bug.
-                warn!("request {}: {e}", req.id);
-                err(protocol::STATUS_DEVICE_ERROR)
+        let block = block_samples(&dims);
+        let mut done = 0;
+        while done < n {
+            if stop() {
+                return Err(Stopped);
             }
+            let k = block.min(n - done);
+            let (in_bytes, out_vals) = (k * in_dim * 4, k * out_dim);
+            buf.bytes.resize(in_bytes.max(out_vals * 4), 0);
+            let at = RequestHeader::SIZE + done * in_dim * 4;
+            if segs.read_at(mem, at, &mut buf.bytes[..in_bytes]).is_err() {
+                return err(protocol::STATUS_DEVICE_ERROR);
+            }
+            buf.inputs.resize(k * in_dim, 0);
+            protocol::decode_values(&buf.bytes[..in_bytes], &mut buf.inputs);
+            buf.outputs.resize(out_vals, 0);
+            if let Err(e) = mlp.predict_batch(&buf.inputs, &mut buf.outputs, &mut buf.scratch) {
+                // Shapes were checked above; this would be a daemon bug.
+                warn_limited!("request {}: {e}", req.id);
+                return err(protocol::STATUS_DEVICE_ERROR);
+            }
+            protocol::encode_values(&buf.outputs, &mut buf.bytes[..out_vals * 4]);
+            let at = ResponseHeader::SIZE + done * out_dim * 4;
+            if segs.write_at(mem, at, &buf.bytes[..out_vals * 4]).is_err() {
+                return err(protocol::STATUS_DEVICE_ERROR);
+            }
+            done += k;
         }
+        Ok((ok, out_len))
     }
 }
 
@@ -643,6 +714,119 @@ mod tests {
         let mut y = [0i32; 1];
         protocol::decode_values(&resp[24..28], &mut y);
         assert_eq!(y[0], 5 * ONE);
+    }
+
+    /// A model of dims `[w, w]` with weights from `seed` (no ReLU).
+    fn square_model(w: usize, seed: i32) -> Model {
+        let weights = (0..w * w)
+            .map(|i| (i as i32).wrapping_mul(seed) % ONE)
+            .collect();
+        let l = Layer::new(w, w, weights, vec![seed; w], Activation::Identity).unwrap();
+        Model::new(Mlp::new(vec![l]).unwrap(), "square")
+    }
+
+    #[test]
+    fn a_large_request_is_served_in_bounded_blocks_and_capped_by_cost() {
+        const W: usize = 1024;
+        let dev = NnDevice::new(square_model(W, 7919), "sq".into(), 1).unwrap();
+        let max = dev.config().max_batch;
+        assert_eq!(max, protocol::max_batch_for(&[W, W]));
+        assert_eq!(block_samples(&[W, W]), 1, "one sample is a block here");
+        let n = 3;
+        let inputs: Vec<i32> = (0..n * W as i32).map(|i| (i % 977) * 64 - 30_000).collect();
+        let req = request(OP_PREDICT, n as u32, W as u32, &inputs);
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        );
+        let m = mem.memory();
+        m.write_slice(&req, GuestAddress(REQ)).unwrap();
+        let out_len = 24 + n as usize * W * 4;
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(REQ, req.len() as u32, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(
+                RESP,
+                out_len as u32,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ];
+        let q = MockSplitQueue::new(&*m, 16);
+        q.build_desc_chain(&descs).unwrap();
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        let chain = queue.iter(m.clone()).unwrap().next().unwrap();
+        let mut buf = Buffers::default();
+        let blocks = std::cell::Cell::new(0);
+        let out = dev
+            .process_chain_until(chain, &m, &mut buf, 16, &|| {
+                blocks.set(blocks.get() + 1);
+                false
+            })
+            .unwrap();
+        assert_eq!(out.status, Some(protocol::STATUS_OK));
+        assert_eq!(out.used_len as usize, out_len);
+        assert_eq!(blocks.get(), n as usize, "a stop check before every block");
+        // Bounded by one block (one sample), not by the request.
+        assert!(
+            buf.bytes.capacity() <= 2 * W * 4,
+            "{}",
+            buf.bytes.capacity()
+        );
+        assert!(buf.inputs.capacity() <= 2 * W, "{}", buf.inputs.capacity());
+        let mut got = vec![0i32; n as usize * W];
+        let mut resp = vec![0u8; got.len() * 4];
+        m.read_slice(&mut resp, GuestAddress(RESP + 24)).unwrap();
+        protocol::decode_values(&resp, &mut got);
+        let served = dev.current();
+        let mlp = &served.model.as_ref().unwrap().mlp;
+        let want: Vec<i32> = inputs
+            .chunks(W)
+            .flat_map(|x| mlp.predict(x).unwrap())
+            .collect();
+        assert_eq!(got, want);
+        // Above the cost cap: BAD_BATCH, whatever MAX_BATCH allows.
+        let big = request(OP_PREDICT, max + 1, W as u32, &[]);
+        let (out, _) = run(&dev, &big[..24], &[(REQ, 24, false), (RESP, 64, true)]);
+        assert_eq!(out.status, Some(protocol::STATUS_BAD_BATCH));
+    }
+
+    #[test]
+    fn a_stop_abandons_a_request_between_blocks() {
+        const W: usize = 1024;
+        let dev = NnDevice::new(square_model(W, 3), "sq".into(), 1).unwrap();
+        let inputs = vec![1i32; 4 * W];
+        let req = request(OP_PREDICT, 4, W as u32, &inputs);
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        );
+        let m = mem.memory();
+        m.write_slice(&req, GuestAddress(REQ)).unwrap();
+        m.write_slice(&[0xaa; 64], GuestAddress(RESP)).unwrap();
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(REQ, req.len() as u32, 0, 0)),
+            RawDescriptor::from(SplitDescriptor::new(
+                RESP,
+                24 + 4 * W as u32 * 4,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ];
+        let q = MockSplitQueue::new(&*m, 16);
+        q.build_desc_chain(&descs).unwrap();
+        let mut queue: virtio_queue::Queue = q.create_queue().unwrap();
+        let chain = queue.iter(m.clone()).unwrap().next().unwrap();
+        let checks = std::cell::Cell::new(0);
+        let r = dev.process_chain_until(chain, &m, &mut Buffers::default(), 16, &|| {
+            checks.set(checks.get() + 1);
+            checks.get() > 2
+        });
+        assert_eq!(r, Err(Stopped));
+        assert_eq!(checks.get(), 3);
+        let mut head = [0u8; 24];
+        m.read_slice(&mut head, GuestAddress(RESP)).unwrap();
+        assert_eq!(
+            head, [0xaa; 24],
+            "no response header for an abandoned request"
+        );
     }
 
     #[test]

@@ -4,22 +4,26 @@
 //!
 //! * [`device`]: the device logic — served model and hot-swap, config space,
 //!   and one descriptor chain in, one response out.
+//! * [`chain`]: one descriptor chain walked once into segments.
 //! * [`vhu_nn`]: the `VhostUserBackend` implementation and the queue loop
-//!   (one worker thread per request queue).
+//!   (one worker thread per request queue, one for the event queue).
 //! * [`admin`]: the admin socket (line-delimited JSON: status, health, stats,
 //!   metrics, load).
 //! * [`stats`]: request counters and latency histograms (Prometheus).
 //! * [`health`]: frontend connection and worker states (admin `health`,
 //!   the config space's status).
-//! * [`sandbox`]: the seccomp filter.
+//! * [`sandbox`]: seccomp filters, Landlock, `--user`.
 //! * [`watch`]: `--watch`, reloading the model when its file changes.
 //!
 //! The binary (`main.rs`) holds the command line and the serve loop.
 
 pub mod admin;
+pub mod chain;
 pub mod control;
 pub mod device;
+mod evfd;
 pub mod health;
+mod ratelimit;
 pub mod sandbox;
 pub mod stats;
 pub mod supervisor;

@@ -5,15 +5,32 @@
 //! queue that tells the driver about model changes.
 //!
 //! Queues `0..n` are request queues, one worker thread each; queue `n` is the
-//! event queue, served by thread 0 together with the device's change eventfd.
+//! event queue, served by a thread of its own (thread `n`) together with the
+//! device's change eventfd, so that an announcement never waits for a
+//! request.
+//!
+//! Invariants of the request-queue loop, which a hostile guest relies on
+//! being kept:
+//! - chains are taken one at a time and answered in the order taken (the
+//!   supervisor's restart relies on it, see SUPERVISOR.md);
+//! - a pass serves at most [`PASS_CHAINS`] chains or [`PASS_TIME`], then
+//!   re-arms the queue by signalling its own kick eventfd and returns to the
+//!   event loop, which is where a worker sees its exit event;
+//! - between chains, and between blocks of samples inside one request, the
+//!   worker checks for the connection's end and for its ring being stopped
+//!   (not ready, not enabled, or GET_VRING_BASE since the chain was taken);
+//! - a chain taken before GET_VRING_BASE is never returned after it: each
+//!   chain carries its ring's epoch, `stop_vring` bumps the epoch (after the
+//!   library marked the ring not ready), and `add_used` happens under the
+//!   vring's lock only if the ring is ready and the epoch unchanged.
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use log::{error, warn};
+use log::error;
 use nn_core::protocol::{self, Event};
 use thiserror::Error as ThisError;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -28,10 +45,23 @@ use vmm_sys_util::event::{
 };
 
 use crate::device::{Buffers, GuestMemory, NnDevice};
+use crate::evfd;
+use crate::ratelimit::warn_limited as warn;
 use crate::stats::Stats;
 
 /// Largest virtqueue size offered to the driver.
 pub const QUEUE_SIZE: usize = 1024;
+
+/// Most chains one pass over a request queue serves.
+pub const PASS_CHAINS: usize = 64;
+
+/// Most time one pass over a request queue takes (a chain started before
+/// it runs out is finished: one request is bounded by
+/// `protocol::MAX_REQUEST_MACS`).
+pub const PASS_TIME: Duration = Duration::from_millis(2);
+
+/// Longest `--poll-us`: a worker polls at most this long after a pass.
+pub const MAX_POLL: Duration = Duration::from_millis(100);
 
 /// Errors of the vhost-user layer.
 #[derive(Debug, ThisError)]
@@ -75,7 +105,25 @@ pub struct VhostUserNnBackend {
     /// Device status last announced (or seen at connection) on the event
     /// queue: a change of status alone is announced too.
     announced_status: AtomicU32,
+    /// Per vring: bumped at each GET_VRING_BASE (see the module's invariants).
+    epochs: Vec<AtomicU64>,
+    /// After a pass, poll the avail ring this long before sleeping.
+    poll: Duration,
+    /// The session ended (also seen through the exit eventfd, which the
+    /// library signals before joining the workers).
+    exiting: AtomicBool,
     exit: (EventConsumer, EventNotifier),
+}
+
+/// How a pass over a request queue ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// No chain is left.
+    Drained,
+    /// The budget ran out; the queue is re-armed.
+    Budget,
+    /// The ring is stopped or unusable, or the session ends.
+    Stop,
 }
 
 impl VhostUserNnBackend {
@@ -93,9 +141,24 @@ impl VhostUserNnBackend {
             buffers: (0..num_queues).map(|_| Mutex::default()).collect(),
             announced: Mutex::new(device.current().generation),
             announced_status: AtomicU32::new(device.status()),
+            epochs: (0..=num_queues).map(|_| AtomicU64::new(0)).collect(),
+            poll: Duration::ZERO,
+            exiting: AtomicBool::new(false),
             device,
             exit,
         })
+    }
+
+    /// Polls each request queue for up to `poll` after a pass before going
+    /// back to its eventfd (at most [`MAX_POLL`]).
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll.min(MAX_POLL);
+        self
+    }
+
+    /// Whether the session is ending.
+    fn stopping(&self) -> bool {
+        self.exiting.load(Ordering::Relaxed) || evfd::is_readable(&self.exit.0)
     }
 
     /// Makes the first event buffer the driver posts carry the current
@@ -122,15 +185,21 @@ impl VhostUserNnBackend {
         self.num_queues as u16 + 2
     }
 
-    /// Makes thread 0 wake up on model changes. Call once per daemon.
+    /// The worker thread of the event queue.
+    fn event_thread(&self) -> usize {
+        self.num_queues
+    }
+
+    /// Makes the event queue's thread wake up on model changes. Call once
+    /// per daemon.
     pub fn register_change_listener(
         &self,
         daemon: &VhostUserDaemon<Arc<VhostUserNnBackend>>,
     ) -> io::Result<()> {
         let handlers = daemon.get_epoll_handlers();
         let handler = handlers
-            .first()
-            .ok_or_else(|| io::Error::other("the daemon has no worker thread"))?;
+            .get(self.event_thread())
+            .ok_or_else(|| io::Error::other("the daemon has no event-queue thread"))?;
         handler.register_listener(
             self.device.changed().as_raw_fd(),
             EventSet::IN,
@@ -173,12 +242,18 @@ impl VhostUserNnBackend {
         {
             return Ok(());
         }
-        let Some(chain) = vring
-            .get_mut()
-            .get_queue_mut()
-            .pop_descriptor_chain(mem.clone())
-        else {
-            return Ok(());
+        let (chain, epoch) = {
+            let mut state = vring.get_mut();
+            // A disabled or stopped event queue is not written (QEMU may
+            // have stopped it); the change waits for the next buffer.
+            if !state.is_enabled() || !state.get_queue().ready() {
+                return Ok(());
+            }
+            let epoch = self.epochs[usize::from(self.event_queue())].load(Ordering::Acquire);
+            let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                return Ok(());
+            };
+            (chain, epoch)
         };
         let head = chain.head_index();
         let event = Event {
@@ -201,8 +276,8 @@ impl VhostUserNnBackend {
             warn!("event buffer {head} cannot hold an event");
         }
         let len = if written { Event::SIZE as u32 } else { 0 };
-        if let Err(e) = vring.add_used(head, len) {
-            warn!("cannot return event buffer {head}: {e}");
+        if !self.return_used(vring, usize::from(self.event_queue()), epoch, head, len) {
+            return Ok(());
         }
         match vring.needs_notification() {
             Ok(false) => Ok(()),
@@ -214,48 +289,141 @@ impl VhostUserNnBackend {
     /// the frontend gone at once, even while a worker still finishes a
     /// request).
     pub fn notify_exit(&self) {
+        self.exiting.store(true, Ordering::Relaxed);
         self.device.health().frontend_disconnected();
         if let Err(e) = self.exit.1.notify() {
             error!("cannot signal the worker threads to exit: {e}");
         }
     }
 
-    /// Serves every available chain of `vring`, then signals the guest if the
-    /// driver wants it. Returns `false` if the avail ring is unusable.
-    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<bool, Error> {
+    /// Returns a served chain to the guest if its ring is still the one it
+    /// was taken from: ready, and no GET_VRING_BASE since (`epoch`). The
+    /// check and the write happen under the vring's lock, which the library
+    /// holds to mark the ring not ready. Returns whether it was returned.
+    fn return_used(
+        &self,
+        vring: &VringRwLock,
+        index: usize,
+        epoch: u64,
+        head: u16,
+        len: u32,
+    ) -> bool {
+        let mut state = vring.get_mut();
+        if !state.get_queue().ready() || self.epochs[index].load(Ordering::Acquire) != epoch {
+            warn!("chain {head} answered after its ring stopped: dropped");
+            return false;
+        }
+        if let Err(e) = state.add_used(head, len) {
+            warn!("cannot return descriptor {head}: {e}");
+        }
+        true
+    }
+
+    /// Serves the chains of request queue `queue` one at a time, within a
+    /// pass's budget, then signals the guest if the driver wants it.
+    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<Pass, Error> {
         let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             warn!("queue kicked before the memory table was set");
-            return Ok(false);
+            return Ok(Pass::Stop);
         };
         let mem = mem.memory();
-        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-            Ok(it) => it.collect(),
-            Err(e) => {
-                // A broken avail ring: nothing can be served until the driver resets.
-                warn!("cannot read the available ring: {e}");
-                return Ok(false);
+        let q = usize::from(queue);
+        let mut buf = self.buffers[q].lock().unwrap_or_else(|e| e.into_inner());
+        let start = Instant::now();
+        let mut served = 0;
+        let pass = loop {
+            if self.stopping() {
+                break Pass::Stop;
+            }
+            if served >= PASS_CHAINS || start.elapsed() >= PASS_TIME {
+                break Pass::Budget;
+            }
+            let (chain, epoch) = {
+                let mut state = vring.get_mut();
+                if !state.is_enabled() || !state.get_queue().ready() {
+                    break Pass::Stop;
+                }
+                let epoch = self.epochs[q].load(Ordering::Acquire);
+                let next = match state.get_queue_mut().iter(mem.clone()) {
+                    Ok(mut it) => it.next(),
+                    Err(e) => {
+                        // A broken avail ring: nothing can be served until
+                        // the driver resets it.
+                        warn!("cannot read the available ring: {e}");
+                        break Pass::Stop;
+                    }
+                };
+                match next {
+                    Some(chain) => (chain, epoch),
+                    None => break Pass::Drained,
+                }
+            };
+            let head = chain.head_index();
+            let max_descs = usize::from(vring.get_ref().get_queue().size());
+            let begun = Instant::now();
+            let stop = || self.stopping() || self.epochs[q].load(Ordering::Acquire) != epoch;
+            let outcome = match self
+                .device
+                .process_chain_until(chain, &mem, &mut buf, max_descs, &stop)
+            {
+                Ok(outcome) => outcome,
+                Err(_stopped) => break Pass::Stop,
+            };
+            self.stats
+                .record(queue, outcome.status, outcome.samples, begun.elapsed());
+            self.device.health().progress(q);
+            served += 1;
+            if !self.return_used(vring, q, epoch, head, outcome.used_len) {
+                break Pass::Stop;
             }
         };
-        let mut buf = self.buffers[usize::from(queue)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for chain in chains {
-            let head = chain.head_index();
-            let start = Instant::now();
-            let outcome = self.device.process_chain(chain, &mem, &mut buf);
-            self.stats
-                .record(queue, outcome.status, outcome.samples, start.elapsed());
-            self.device.health().progress(usize::from(queue));
-            if let Err(e) = vring.add_used(head, outcome.used_len) {
-                warn!("cannot return descriptor {head}: {e}");
+        if served > 0 {
+            match vring.needs_notification() {
+                Ok(false) => {}
+                Ok(true) | Err(_) => vring.signal_used_queue().map_err(Error::Signal)?,
             }
         }
-        match vring.needs_notification() {
-            Ok(false) => Ok(true),
-            Ok(true) | Err(_) => vring
-                .signal_used_queue()
-                .map_err(Error::Signal)
-                .map(|()| true),
+        if pass == Pass::Budget {
+            // Back to the event loop, and here again at once.
+            let state = vring.get_ref();
+            if let Some(kick) = state.get_kick() {
+                if let Err(e) = evfd::signal(kick) {
+                    warn!("cannot re-arm queue {queue}: {e}");
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    /// Polls request queue `queue` for a new chain for up to the `--poll-us`
+    /// time; returns whether one arrived (notifications stay suppressed
+    /// while polling).
+    fn poll_queue(&self, vring: &VringRwLock) -> bool {
+        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return false;
+        };
+        let mem = mem.memory();
+        let deadline = Instant::now() + self.poll;
+        let mut spins = 0u32;
+        loop {
+            {
+                let state = vring.get_ref();
+                let queue = state.get_queue();
+                if !queue.ready() {
+                    return false;
+                }
+                match queue.avail_idx(&*mem, Ordering::Acquire) {
+                    Ok(idx) if idx.0 != queue.next_avail() => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            spins = spins.wrapping_add(1);
+            // The exit check is a system call: every 64 spins.
+            if spins.is_multiple_of(64) && (self.stopping() || Instant::now() >= deadline) {
+                return false;
+            }
+            std::hint::spin_loop();
         }
     }
 }
@@ -273,9 +441,8 @@ impl VhostUserBackend for VhostUserNnBackend {
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
-        let mut masks: Vec<u64> = (0..self.num_queues).map(|q| 1u64 << q).collect();
-        masks[0] |= 1 << self.num_queues;
-        masks
+        // One thread per request queue, then one for the event queue.
+        (0..=self.num_queues).map(|q| 1u64 << q).collect()
     }
 
     fn features(&self) -> u64 {
@@ -305,6 +472,15 @@ impl VhostUserBackend for VhostUserNnBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         self.device.read_config(offset, size)
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The library marked the ring not ready before this call; a chain
+        // taken before it is now never returned (see `return_used`).
+        if let Some(epoch) = self.epochs.get(queue_index as usize) {
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemory>) -> io::Result<()> {
@@ -349,31 +525,27 @@ impl VhostUserNnBackend {
             return Err(Error::UnexpectedEvents(evset).into());
         }
         // Invariant: `vrings` and `device_event` are the worker thread's,
-        // not the device's (see `queues_per_thread`): thread t holds request
-        // queue t at local index 0, thread 0 also the event queue at local
-        // index 1, and the change eventfd is registered on thread 0 only.
-        // So a request event's device queue is the thread id, and every
-        // per-queue resource (buffers, stats) is indexed by it, never by
-        // `device_event`. Any other (event, thread) pair, or vrings lacking
-        // the local index, is an error and never an index panic (which would
-        // kill the worker). Tested in vhu_nn/tests.rs.
-        const EVENT_LOCAL: usize = 1;
+        // not the device's (see `queues_per_thread`): thread t < n holds
+        // request queue t at local index 0, thread n the event queue at
+        // local index 0, and the change eventfd is registered on thread n
+        // only. So a request event's device queue is the thread id, and
+        // every per-queue resource (buffers, stats) is indexed by it, never
+        // by `device_event`. Any other (event, thread) pair, or vrings
+        // lacking the local index, is an error and never an index panic
+        // (which would kill the worker). Tested in vhu_nn/tests.rs.
         let unknown = || Error::UnknownEvent {
             event: device_event,
             thread: thread_id,
         };
-        if device_event == self.change_event_id() {
-            // Reset the eventfd counter; the generation itself is read from
-            // the device.
-            let _ = self.device.changed().read();
-            let vring = vrings
-                .get(EVENT_LOCAL)
-                .filter(|_| thread_id == 0)
-                .ok_or_else(unknown)?;
-            return Ok(self.announce(vring)?);
-        }
-        if thread_id == 0 && usize::from(device_event) == EVENT_LOCAL {
-            let vring = vrings.get(EVENT_LOCAL).ok_or_else(unknown)?;
+        if thread_id == self.event_thread() {
+            if device_event == self.change_event_id() {
+                // Reset the eventfd counter; the generation itself is read
+                // from the device.
+                let _ = self.device.changed().read();
+            } else if device_event != 0 {
+                return Err(unknown().into());
+            }
+            let vring = vrings.first().ok_or_else(unknown)?;
             return Ok(self.announce(vring)?);
         }
         let queue = u16::try_from(thread_id)
@@ -381,26 +553,34 @@ impl VhostUserNnBackend {
             .filter(|&q| device_event == 0 && q < self.event_queue())
             .ok_or_else(unknown)?;
         let vring = vrings.first().ok_or_else(unknown)?;
-        let device_event = queue;
-        if !*self.event_idx.lock().unwrap_or_else(|e| e.into_inner()) {
-            self.process_queue(device_event, vring)?;
-            return Ok(());
-        }
-        // With EVENT_IDX the library only records the feature: keep serving
-        // until no new chain arrived while notifications were off.
+        // Notifications stay off while chains are served (and while
+        // polling); when they are turned back on, a chain that arrived
+        // meanwhile is served at once rather than waiting for a kick.
         loop {
             if let Err(e) = vring.disable_notification() {
                 warn!("disable_notification: {e}");
             }
-            // Invariant: the loop ends when a pass cannot read the avail
-            // ring. With an avail idx more than the queue size ahead, iter()
-            // fails while enable_notification() keeps reporting new buffers;
-            // looping on that would spin at 100% CPU and the worker would
-            // never see its exit event (so no next connection). Such a
-            // queue is not served again until the driver kicks.
-            if !self.process_queue(device_event, vring)? {
-                break;
+            match self.process_queue(queue, vring)? {
+                Pass::Drained => {}
+                Pass::Budget => break,
+                Pass::Stop => {
+                    // A ring that is still ready (a broken avail ring, or
+                    // the session ending) gets its notifications back, so
+                    // a driver that fixes it is heard.
+                    if vring.get_ref().get_queue().ready() {
+                        let _ = vring.enable_notification();
+                    }
+                    break;
+                }
             }
+            if !self.poll.is_zero() && self.poll_queue(vring) {
+                continue;
+            }
+            // Invariant: the loop ends when a pass cannot read the avail
+            // ring (Pass::Stop). With an avail idx more than the queue size
+            // ahead, iter() fails while enable_notification() keeps
+            // reporting new buffers; looping on that would spin and the
+            // worker would never see its exit event.
             match vring.enable_notification() {
                 Ok(true) => continue,
                 Ok(false) => break,

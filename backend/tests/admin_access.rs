@@ -158,6 +158,8 @@ fn loads_run_one_at_a_time_and_generations_follow_the_swaps() {
     let d = common::daemon()
         .model(common::default_model())
         .admin()
+        .arg("--allow-model-dir")
+        .arg(dir.path())
         .start()
         .expect("daemon starts");
     // A 32 MiB model takes a while to read, check and hand over; a small
@@ -294,6 +296,8 @@ fn a_fifo_or_an_oversized_name_is_refused_at_once() {
     let d = common::daemon()
         .model(common::default_model())
         .admin()
+        .arg("--allow-model-dir")
+        .arg(dir.path())
         .start()
         .expect("daemon starts");
     let mut m = common::model(&[4, 2], 3, "");
@@ -334,4 +338,26 @@ fn a_fifo_or_an_oversized_name_is_refused_at_once() {
         "{r}"
     );
     assert_eq!(admin(&d, json!({"cmd": "status"}))["generation"], 1);
+}
+
+/// `--no-supervisor`: the single process binds the admin socket itself,
+/// before Landlock confines it (which allows making socket files only, not
+/// the private directory and the link of `admin::bind`).
+#[test]
+fn a_single_process_daemon_binds_its_admin_socket_before_landlock() {
+    let d = common::daemon()
+        .model(common::default_model())
+        .admin()
+        .arg("--no-supervisor")
+        .start()
+        .expect("daemon starts");
+    let st = admin(&d, json!({"cmd": "status"}));
+    assert_eq!((&st["ok"], &st["generation"]), (&json!(true), &json!(1)));
+    let mode = std::fs::symlink_metadata(d.admin_socket().unwrap())
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
 }

@@ -48,8 +48,32 @@ pub const MAX_LAYERS: usize = 7;
 /// Largest width of any layer (inputs, hidden or outputs).
 pub const MAX_DIM: u32 = 4096;
 
-/// Most samples one request may carry.
+/// Most samples one request may carry, whatever the model.
 pub const MAX_BATCH: u32 = 4096;
+
+/// Most multiply-accumulates one request may cost (`num_samples` times the
+/// model's [`macs_per_sample`]): about 0.1 s of one host core at worst. It
+/// makes the config space's `max_batch` model-dependent ([`max_batch_for`]),
+/// so that no single request can keep a queue's worker busy for long. Every
+/// model within [`MAX_LAYERS`] and [`MAX_DIM`] has room for one sample.
+pub const MAX_REQUEST_MACS: u64 = 1 << 27;
+
+/// Multiply-accumulates of one sample through a model of layer widths `dims`
+/// (`dims[0]` the input width): the sum of `in * out` over its layers.
+pub fn macs_per_sample(dims: &[usize]) -> u64 {
+    dims.windows(2)
+        .map(|w| (w[0] as u64).saturating_mul(w[1] as u64))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// The `max_batch` a device serving a model of layer widths `dims` shows in
+/// config space: [`MAX_BATCH`], or fewer samples when that many would cost
+/// more than [`MAX_REQUEST_MACS`]; never below 1.
+pub fn max_batch_for(dims: &[usize]) -> u32 {
+    let per_sample = macs_per_sample(dims).max(1);
+    let fit = MAX_REQUEST_MACS / per_sample;
+    u32::try_from(fit).unwrap_or(u32::MAX).clamp(1, MAX_BATCH)
+}
 
 /// Size in bytes of the config space.
 pub const CONFIG_SIZE: usize = 64;
@@ -411,6 +435,19 @@ pub fn decode_values(bytes: &[u8], out: &mut [i32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_batch_follows_the_cost_of_a_sample() {
+        assert_eq!(macs_per_sample(&[3, 2, 2]), 10);
+        assert_eq!(max_batch_for(&[3, 2, 2]), MAX_BATCH);
+        // 4096 * 4096 MACs a sample: 8 samples fit in 2^27.
+        assert_eq!(max_batch_for(&[4096, 4096]), 8);
+        let widest = [MAX_DIM as usize; MAX_LAYERS + 1];
+        assert_eq!(macs_per_sample(&widest), 7 * (1 << 24));
+        assert_eq!(max_batch_for(&widest), 1);
+        assert!(macs_per_sample(&widest) <= MAX_REQUEST_MACS);
+        assert_eq!(max_batch_for(&[]), MAX_BATCH);
+    }
 
     #[test]
     fn headers_round_trip() {

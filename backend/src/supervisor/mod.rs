@@ -75,6 +75,9 @@ pub struct Config {
     pub min_backoff: Duration,
     /// The supervisor's own seccomp filter (workers install theirs).
     pub seccomp: Mode,
+    /// The user (and group) to run as once started (`--user`); the spawner
+    /// and the workers are started as that user.
+    pub user: Option<sandbox::UserSpec>,
 }
 
 /// A running worker.
@@ -153,6 +156,11 @@ pub fn run(cfg: Config) -> Result<(), String> {
     hup.set_nonblocking(true).map_err(|e| e.to_string())?;
     let source = cfg.model_path.clone();
     remove_stale_worker_dirs();
+    // The sockets are bound and the model read: nothing left that needs
+    // the privileges the daemon was started with.
+    if let Some(user) = &cfg.user {
+        sandbox::drop_privileges(user)?;
+    }
     let spawner = Spawner::start(&cfg.exe).map_err(|e| format!("cannot start the spawner: {e}"))?;
     // From here on the supervisor needs no new files, processes or memory
     // it could execute: sealed by a filter tighter than the worker's.
@@ -813,8 +821,14 @@ impl Supervisor {
         };
         let status = self.reap(&mut w);
         let lived = w.started.elapsed();
+        // A worker killed by its seccomp filter (--seccomp kill) dies of SIGSYS.
+        let seccomp = if status.contains("SIGSYS") {
+            ", killed by SIGSYS (seccomp)"
+        } else {
+            ""
+        };
         error!(
-            "supervisor: worker {} ended ({why}; {status}) after {} ms",
+            "supervisor: worker {} ended ({why}; {status}{seccomp}) after {} ms",
             w.pid,
             lived.as_millis()
         );

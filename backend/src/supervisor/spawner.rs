@@ -69,6 +69,8 @@ pub enum Report {
 pub struct Spawner {
     sock: OwnedFd,
     child: Child,
+    /// The spawner's pidfd: the sealed supervisor may not `kill` or `wait4`.
+    pidfd: Option<OwnedFd>,
     /// Exits reported while waiting for something else.
     exits: HashMap<u32, String>,
 }
@@ -90,9 +92,16 @@ impl Spawner {
             child_fd: 3,
         }])
         .map_err(|_| io::Error::other("descriptor numbers collide"))?;
+        let child = cmd.spawn()?;
+        let pidfd = rustix::process::pidfd_open(
+            rustix::process::Pid::from_child(&child),
+            rustix::process::PidfdFlags::empty(),
+        )
+        .ok();
         Ok(Self {
             sock: mine,
-            child: cmd.spawn()?,
+            child,
+            pidfd,
             exits: HashMap::new(),
         })
     }
@@ -156,9 +165,20 @@ impl Spawner {
 }
 
 impl Drop for Spawner {
+    /// Kills the spawner (and so its workers). Through its pidfd, and
+    /// without waiting: the supervisor's seccomp filter allows neither
+    /// `kill` nor `wait4`, and the supervisor drops its spawner only when
+    /// it exits (whoever reaps orphans reaps the spawner).
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+            }
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
     }
 }
 

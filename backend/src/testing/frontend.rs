@@ -226,6 +226,9 @@ struct Vq {
 /// The frontend: a vhost-user connection and the guest side of its queues.
 pub struct Frontend {
     socket: PathBuf,
+    /// Where guest memory starts in the daemon's view (its mmap address in
+    /// ours, which the vhost-user messages use).
+    host: u64,
     vu: Mutex<VuFrontend>,
     mem: GuestMemoryMmap<()>,
     mem_size: u64,
@@ -233,6 +236,43 @@ pub struct Frontend {
     features: u64,
     protocol_features: VhostUserProtocolFeatures,
     opts: Options,
+}
+
+/// Sets up vring `q` (num, base 0, addresses, call, kick, enable), as QEMU
+/// does at start and after a stop.
+fn setup_vring(
+    vu: &mut VuFrontend,
+    q: usize,
+    size: u16,
+    host: u64,
+    (desc, avail, used): (u64, u64, u64),
+    kick: &EventFd,
+    call: &EventFd,
+) -> io::Result<()> {
+    let to_host = |gpa: u64| host + (gpa - GUEST_BASE);
+    vu.set_vring_num(q, size)
+        .map_err(|e| vu_err("SET_VRING_NUM", e))?;
+    vu.set_vring_base(q, 0)
+        .map_err(|e| vu_err("SET_VRING_BASE", e))?;
+    vu.set_vring_addr(
+        q,
+        &VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: to_host(desc),
+            used_ring_addr: to_host(used),
+            avail_ring_addr: to_host(avail),
+            log_addr: None,
+        },
+    )
+    .map_err(|e| vu_err("SET_VRING_ADDR", e))?;
+    vu.set_vring_call(q, call)
+        .map_err(|e| vu_err("SET_VRING_CALL", e))?;
+    vu.set_vring_kick(q, kick)
+        .map_err(|e| vu_err("SET_VRING_KICK", e))?;
+    vu.set_vring_enable(q, true)
+        .map_err(|e| vu_err("SET_VRING_ENABLE", e))
 }
 
 fn vu_err(what: &str, e: vhost::Error) -> io::Error {
@@ -413,32 +453,17 @@ impl Frontend {
             let n = u64::from(opts.queue_size);
             let (desc, avail, used) = (base, base + 16 * n, base + 0x5000);
             debug_assert!(avail + 6 + 2 * n <= used && used + 6 + 8 * n <= base + RING_BYTES);
-            let to_host = |gpa: u64| host + (gpa - GUEST_BASE);
             let kick = EventFd::new(libc::EFD_NONBLOCK)?;
             let call = EventFd::new(libc::EFD_NONBLOCK)?;
-            vu.set_vring_num(q, opts.queue_size)
-                .map_err(|e| vu_err("SET_VRING_NUM", e))?;
-            vu.set_vring_base(q, 0)
-                .map_err(|e| vu_err("SET_VRING_BASE", e))?;
-            vu.set_vring_addr(
+            setup_vring(
+                &mut vu,
                 q,
-                &VringConfigData {
-                    queue_max_size: opts.queue_size,
-                    queue_size: opts.queue_size,
-                    flags: 0,
-                    desc_table_addr: to_host(desc),
-                    used_ring_addr: to_host(used),
-                    avail_ring_addr: to_host(avail),
-                    log_addr: None,
-                },
-            )
-            .map_err(|e| vu_err("SET_VRING_ADDR", e))?;
-            vu.set_vring_call(q, &call)
-                .map_err(|e| vu_err("SET_VRING_CALL", e))?;
-            vu.set_vring_kick(q, &kick)
-                .map_err(|e| vu_err("SET_VRING_KICK", e))?;
-            vu.set_vring_enable(q, true)
-                .map_err(|e| vu_err("SET_VRING_ENABLE", e))?;
+                opts.queue_size,
+                host,
+                (desc, avail, used),
+                &kick,
+                &call,
+            )?;
             queues.push(Mutex::new(Vq {
                 size: opts.queue_size,
                 desc,
@@ -459,6 +484,7 @@ impl Frontend {
         }
         Ok(Self {
             socket: socket.to_path_buf(),
+            host,
             vu: Mutex::new(vu),
             mem,
             mem_size,
@@ -744,6 +770,50 @@ impl Frontend {
         vq.avail_idx = idx;
         self.set_avail_idx_locked(&mut vq, idx, old)?;
         vq.kick.write(1)
+    }
+
+    /// The device's used->idx of `queue`, read from guest memory (every
+    /// used-ring write the device made shows here).
+    pub fn used_idx(&self, queue: usize) -> io::Result<u16> {
+        let vq = self.q(queue);
+        let idx: u16 = self
+            .mem
+            .load(GuestAddress(vq.used + 2), Ordering::Acquire)
+            .map_err(mem_err)?;
+        Ok(u16::from_le(idx))
+    }
+
+    /// Sends GET_VRING_BASE for `queue` (QEMU's "stop the ring") and returns
+    /// the device's next avail index.
+    pub fn get_vring_base(&self, queue: usize) -> io::Result<u32> {
+        let vu = self.vu.lock().unwrap_or_else(|e| e.into_inner());
+        vu.get_vring_base(queue)
+            .map_err(|e| vu_err("GET_VRING_BASE", e))
+    }
+
+    /// Starts `queue` again after [`Frontend::get_vring_base`], as a guest
+    /// that resets its device: the rings are zeroed, everything in flight
+    /// is forgotten, and the ring is set up anew from index 0.
+    pub fn restart_queue(&self, queue: usize) -> io::Result<()> {
+        let mut vq = self.q(queue);
+        self.write(vq.desc, &vec![0; RING_BYTES as usize])?;
+        vq.avail_idx = 0;
+        vq.last_used = 0;
+        vq.free_descs = (0..vq.size).rev().collect();
+        vq.free_slots = (0..self.opts.slots).rev().collect();
+        vq.inflight.clear();
+        vq.raw_inflight = 0;
+        let _ = vq.call.read();
+        let mut vu = self.vu.lock().unwrap_or_else(|e| e.into_inner());
+        setup_vring(
+            &mut vu,
+            queue,
+            vq.size,
+            self.host,
+            (vq.desc, vq.avail, vq.used),
+            &vq.kick,
+            &vq.call,
+        )
     }
 
     /// Number of chains (regular and raw) submitted and not yet used.

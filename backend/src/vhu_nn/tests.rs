@@ -3,8 +3,8 @@
 //! In-process tests of [`VhostUserNnBackend::handle_event`] with real
 //! [`VringRwLock`]s over guest memory (as rust-vmm's vhost-device-vsock
 //! tests its backend), laid out by virtio-queue's `MockSplitQueue`: each
-//! worker thread gets the slice of vrings the library hands it (thread `t`:
-//! request queue `t`; thread 0 also the event queue), so these tests pin
+//! worker thread gets the slice of vrings the library hands it (thread `t <
+//! n`: request queue `t`; thread `n`: the event queue), so these tests pin
 //! the mapping from (thread, device event) to device queue.
 
 use std::fs::File;
@@ -109,14 +109,10 @@ impl Env {
         }
     }
 
-    /// The vrings worker thread `t` is given by the library.
+    /// The vrings worker thread `t` is given by the library (thread `n`
+    /// has the event queue).
     fn thread_vrings(&self, t: usize) -> Vec<VringRwLock> {
-        let n = self.queues.len() - 1;
-        let mut v = vec![self.queues[t].vring.clone()];
-        if t == 0 {
-            v.push(self.queues[n].vring.clone());
-        }
-        v
+        vec![self.queues[t].vring.clone()]
     }
 
     /// The driver's view of queue `q`.
@@ -253,7 +249,7 @@ fn each_thread_serves_its_own_request_queue() {
 }
 
 #[test]
-fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
+fn a_model_swap_is_announced_on_the_event_queue_by_its_own_thread() {
     const N: usize = 2;
     let mut env = Env::new(N);
     let ev = N;
@@ -262,13 +258,13 @@ fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
     let head = env.post(ev, buf, &[(Event::SIZE as u32, true)]);
     // Nothing changed yet: a pass over the event queue sends nothing.
     env.backend
-        .handle_event(1, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert!(env.used(ev).is_empty());
 
     assert_eq!(env.device.swap(small_model("b"), "b".into()), 2);
     env.backend
-        .handle_event(change, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(change, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev), vec![(u32::from(head), Event::SIZE as u32)]);
     assert!(env.called(ev));
@@ -282,15 +278,15 @@ fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
     assert!(env.used(0).is_empty());
 
     // A change with no buffer posted waits for the next buffer, which the
-    // driver's kick (the event queue's own event on thread 0) fills.
+    // driver's kick (the event queue's own event on its thread) fills.
     assert_eq!(env.device.swap(small_model("c"), "c".into()), 3);
     env.backend
-        .handle_event(change, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(change, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev).len(), 1);
     let head = env.post(ev, buf + 0x100, &[(Event::SIZE as u32, true)]);
     env.backend
-        .handle_event(1, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev)[1], (u32::from(head), Event::SIZE as u32));
     let e = Event::from_bytes(&env.read(buf + 0x100, Event::SIZE).try_into().unwrap());
@@ -298,7 +294,7 @@ fn a_model_swap_is_announced_on_the_event_queue_by_thread_0() {
     // Announced once: another pass with a buffer posted sends nothing.
     env.post(ev, buf + 0x200, &[(Event::SIZE as u32, true)]);
     env.backend
-        .handle_event(1, EventSet::IN, &env.thread_vrings(0), 0)
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
         .unwrap();
     assert_eq!(env.used(ev).len(), 2);
 }
@@ -311,15 +307,18 @@ fn unknown_event_and_thread_combinations_are_errors_not_panics() {
     let cases: Vec<(u16, Vec<VringRwLock>, usize)> = vec![
         // Thread 1 has one queue: no local index 1.
         (1, vr(1), 1),
-        // No thread N (threads 0..N).
-        (0, vr(1), N),
+        // No thread N + 1 (threads 0..=N).
+        (0, vr(1), N + 1),
         (0, vr(1), usize::MAX),
-        // Thread 0 has local queues 0 and 1 only.
-        (2, vr(0), 0),
+        // Request-queue threads have local queue 0 only.
+        (1, vr(0), 0),
         (7, vr(0), 0),
+        // The event thread has local queue 0 and the change listener only.
+        (1, vr(N), N),
+        (7, vr(N), N),
         // The vrings do not match the thread (fewer than it has).
-        (1, vec![env.queues[0].vring.clone()], 0),
         (0, Vec::new(), 1),
+        (0, Vec::new(), N),
     ];
     for (event, vrings, thread) in cases {
         let r = env
@@ -369,4 +368,68 @@ fn event_idx_loop_with_avail_idx_far_ahead_terminates() {
         .expect("handle_event returns (it spun instead)");
     assert_eq!(r, Ok(()));
     assert_eq!(env.used(0).len(), 1, "nothing served from the broken ring");
+}
+
+/// Sets an eventfd as `q`'s kick and returns our end of it.
+fn kick_fd(env: &Env, q: usize) -> EventFd {
+    let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let dup = kick.try_clone().unwrap().into_raw_fd();
+    // SAFETY: `dup` is a fresh duplicate that nothing else owns; the File
+    // takes ownership of it.
+    env.queues[q]
+        .vring
+        .set_kick(Some(unsafe { File::from_raw_fd(dup) }));
+    kick
+}
+
+#[test]
+fn a_pass_ends_at_its_time_budget_and_re_arms_its_kick() {
+    let mut env = Env::new(1);
+    let kick = kick_fd(&env, 0);
+    // Every request takes longer than a pass may.
+    env.device
+        .set_test_delay(super::PASS_TIME.as_millis() as u64 + 1);
+    for i in 0..3 {
+        env.post_request(0, i, &inputs(i as i32, 1), 1);
+    }
+    for served in 1..=3 {
+        env.backend
+            .handle_event(0, EventSet::IN, &env.thread_vrings(0), 0)
+            .unwrap();
+        assert_eq!(env.used(0).len(), served, "one chain per pass");
+        assert!(env.called(0), "each pass signals what it returned");
+        assert_eq!(
+            kick.read().ok(),
+            Some(1),
+            "pass {served} re-armed the queue"
+        );
+    }
+    // Nothing left: the next pass returns without re-arming.
+    env.backend
+        .handle_event(0, EventSet::IN, &env.thread_vrings(0), 0)
+        .unwrap();
+    assert!(kick.read().is_err(), "a drained queue is not re-armed");
+}
+
+#[test]
+fn a_disabled_event_queue_is_not_written_until_enabled() {
+    const N: usize = 1;
+    let mut env = Env::new(N);
+    let ev = N;
+    let change = env.backend.change_event_id();
+    let buf = env.queues[ev].base + BUFS;
+    let head = env.post(ev, buf, &[(Event::SIZE as u32, true)]);
+    env.queues[ev].vring.set_enabled(false);
+    assert_eq!(env.device.swap(small_model("b"), "b".into()), 2);
+    env.backend
+        .handle_event(change, EventSet::IN, &env.thread_vrings(ev), ev)
+        .unwrap();
+    assert!(env.used(ev).is_empty(), "written while disabled");
+    env.queues[ev].vring.set_enabled(true);
+    env.backend
+        .handle_event(0, EventSet::IN, &env.thread_vrings(ev), ev)
+        .unwrap();
+    assert_eq!(env.used(ev), vec![(u32::from(head), Event::SIZE as u32)]);
+    let e = Event::from_bytes(&env.read(buf, Event::SIZE).try_into().unwrap());
+    assert_eq!(e.generation, 2);
 }

@@ -14,8 +14,16 @@
 //! `--spin-us N` makes the frontend poll the used ring for N µs before
 //! sleeping on the call eventfd.
 //!
+//! Then the daemon's polling mode: two daemons side by side, one with
+//! `--poll-us 0` and one with `--poll-us P` (`--poll-us`, default 50),
+//! measured in interleaved slices: depth-1 NULL and PREDICT (batch 1, one
+//! queue) round-trip p50/p99, and the worker's CPU time per request (from
+//! /proc/PID/task/*/schedstat; polling spends CPU between requests too).
+//! Both with the frontend sleeping on the call eventfd (as a guest waiting
+//! for its interrupt) and with it spinning on the used ring.
+//!
 //! Usage: `nn-frontend-bench [--model FILE] [--secs S] [--depth N]
-//! [--reps N] [--spin-us N]`; the
+//! [--reps N] [--spin-us N] [--poll-us P] [--only-poll]`; the
 //! daemon is `$VIRTIO_NN_DAEMON`, which must be set (build it first, e.g.
 //! `cargo build --release -p vhost-user-nn` and
 //! `VIRTIO_NN_DAEMON=target/release/vhost-user-nn`).
@@ -36,6 +44,8 @@ struct Args {
     depth: usize,
     reps: u32,
     spin_us: u64,
+    poll_us: u64,
+    only_poll: bool,
 }
 
 fn args() -> Args {
@@ -45,6 +55,8 @@ fn args() -> Args {
         depth: 16,
         reps: 5,
         spin_us: 0,
+        poll_us: 50,
+        only_poll: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -55,9 +67,12 @@ fn args() -> Args {
             "--depth" => a.depth = v().parse().expect("--depth N"),
             "--reps" => a.reps = v().parse().expect("--reps N"),
             "--spin-us" => a.spin_us = v().parse().expect("--spin-us N"),
+            "--poll-us" => a.poll_us = v().parse().expect("--poll-us P"),
+            "--only-poll" => a.only_poll = true,
             "-h" | "--help" => {
                 println!(
-                    "nn-frontend-bench [--model FILE] [--secs S] [--depth N] [--reps N] [--spin-us N]"
+                    "nn-frontend-bench [--model FILE] [--secs S] [--depth N] [--reps N] \
+                     [--spin-us N] [--poll-us P] [--only-poll]"
                 );
                 std::process::exit(0);
             }
@@ -179,14 +194,136 @@ fn human(x: f64) -> String {
 fn main() {
     let a = args();
     let model = Model::load(&a.model).expect("model loads");
-    let (in_dim, out_dim) = (model.mlp.input_dim(), model.mlp.output_dim());
     // Only warnings from the daemon: its per-request debug logs stay off.
     std::env::set_var("RUST_LOG", "warn");
     let bin = daemon_bin().unwrap_or_else(|e| {
         eprintln!("nn-frontend-bench: {e}");
         std::process::exit(2)
     });
-    let daemon = Daemon::builder(&bin)
+    if !a.only_poll {
+        table(&a, &bin, &model);
+    }
+    polling(&a, &bin, &model);
+}
+
+/// Total on-CPU time of all threads of process `pid`.
+fn cpu_time(pid: u64) -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// The worker process serving `daemon`'s queues (its admin `status` pid).
+fn worker_pid(daemon: &Daemon) -> u64 {
+    let st = daemon
+        .admin_request(r#"{"cmd":"status"}"#)
+        .expect("admin status");
+    st["pid"].as_u64().expect("status has the worker's pid")
+}
+
+/// `--poll-us 0` against `--poll-us P`, side by side.
+fn polling(a: &Args, bin: &std::path::Path, model: &Model) {
+    let (in_dim, out_dim) = (model.mlp.input_dim(), model.mlp.output_dim());
+    let poll = a.poll_us.to_string();
+    let daemons: Vec<Daemon> = [None, Some(poll.as_str())]
+        .iter()
+        .map(|p| {
+            let mut b = Daemon::builder(bin).model(&a.model).queues(1).admin();
+            if let Some(p) = p {
+                b = b.arg("--poll-us").arg(p);
+            }
+            b.start().expect("daemon starts")
+        })
+        .collect();
+    let pids: Vec<u64> = daemons.iter().map(worker_pid).collect();
+    println!();
+    println!(
+        "polling: --poll-us 0 against --poll-us {}; depth 1, batch 1, one queue, {} s per \
+         cell in {} interleaved slices; daemon CPU per request from the worker's schedstat",
+        a.poll_us, a.secs, a.reps
+    );
+    println!(
+        "{:>8} {:>7} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9}",
+        "frontend",
+        "op",
+        "p50 us",
+        "p99 us",
+        "cpu us/r",
+        "poll p50",
+        "poll p99",
+        "poll cpu",
+        "p50 ratio",
+        "cpu ratio"
+    );
+    for spin in [Duration::ZERO, Duration::from_millis(1)] {
+        let fes: Vec<Frontend> = daemons
+            .iter()
+            .map(|d| {
+                Frontend::connect_with(
+                    d.socket(),
+                    Options {
+                        queues: 1,
+                        slots: 2,
+                        spin,
+                        ..Options::default()
+                    },
+                )
+                .expect("frontend connects")
+            })
+            .collect();
+        for op in [OP_NULL, OP_PREDICT] {
+            let mut lat: [RunStats; 2] = Default::default();
+            let mut cpu = [Duration::ZERO; 2];
+            let slice = Duration::from_secs_f64(a.secs) / a.reps.max(1);
+            for (fe, _) in fes.iter().zip(&pids) {
+                run(fe, 1, op, 1, 1, slice / 4, in_dim, out_dim);
+            }
+            for _ in 0..a.reps.max(1) {
+                for (i, fe) in fes.iter().enumerate() {
+                    let c0 = cpu_time(pids[i]);
+                    let x = run(fe, 1, op, 1, 1, slice, in_dim, out_dim);
+                    cpu[i] += cpu_time(pids[i]).saturating_sub(c0);
+                    lat[i].requests += x.requests;
+                    lat[i].latencies.extend(x.latencies);
+                }
+            }
+            let per_req = |i: usize, lat: &[RunStats; 2]| {
+                cpu[i].as_secs_f64() * 1e6 / lat[i].requests.max(1) as f64
+            };
+            let (c0, c1) = (per_req(0, &lat), per_req(1, &lat));
+            let (p50_0, p99_0) = (lat[0].pct(0.50), lat[0].pct(0.99));
+            let (p50_1, p99_1) = (lat[1].pct(0.50), lat[1].pct(0.99));
+            println!(
+                "{:>8} {:>7} | {:>9} {:>9} {:>9.1} | {:>9} {:>9} {:>9.1} | {:>9.2} {:>9.2}",
+                if spin.is_zero() { "sleeps" } else { "spins" },
+                if op == OP_NULL { "null" } else { "predict" },
+                us(p50_0),
+                us(p99_0),
+                c0,
+                us(p50_1),
+                us(p99_1),
+                c1,
+                p50_1.as_secs_f64() / p50_0.as_secs_f64(),
+                c1 / c0
+            );
+        }
+    }
+}
+
+/// The main table: one and four queues, batches 1/16/256, null and predict.
+fn table(a: &Args, bin: &std::path::Path, model: &Model) {
+    let (in_dim, out_dim) = (model.mlp.input_dim(), model.mlp.output_dim());
+    let daemon = Daemon::builder(bin)
         .model(&a.model)
         .queues(4)
         .start()
