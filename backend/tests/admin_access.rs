@@ -361,3 +361,29 @@ fn a_single_process_daemon_binds_its_admin_socket_before_landlock() {
         0o600
     );
 }
+
+/// With `--user`, the daemon's own uid is that user's: its clients are
+/// served (under the supervisor the workers run as it; a single process
+/// drops to it after the admin socket is up).
+#[test]
+fn the_user_a_daemon_runs_as_may_use_its_admin_socket() {
+    if skip_unless_root() {
+        return;
+    }
+    for single in [false, true] {
+        let mut b = common::daemon()
+            .model(common::default_model())
+            .admin()
+            .arg("--admin-socket-mode")
+            .arg("666")
+            .arg("--user")
+            .arg(format!("{NOBODY}:{NOBODY}"));
+        if single {
+            b = b.arg("--no-supervisor");
+        }
+        let d = b.start().expect("daemon starts");
+        let (ok, text) = ctl_status_as_nobody(d.admin_socket().unwrap());
+        assert!(ok, "single process: {single}: {text}\n{}", d.log());
+        assert!(text.contains("\"generation\": 1"), "{text}");
+    }
+}
