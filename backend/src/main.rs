@@ -109,6 +109,9 @@ struct ServeArgs {
     #[arg(long, default_value = "600", value_parser = parse_mode)]
     admin_socket_mode: u32,
 
+    #[command(flatten)]
+    admin_access: admin::AccessArgs,
+
     /// Run as one process: no supervisor, so a crash or an upgrade closes
     /// QEMU's connection (for debugging).
     #[arg(long)]
@@ -321,6 +324,7 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
     if args.test_mode {
         worker_args.push("--test-mode".into());
     }
+    worker_args.extend(args.admin_access.to_args());
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     supervisor::run(supervisor::Config {
         listener,
@@ -389,6 +393,15 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         }
     };
     let device = Arc::new(device.map_err(|e| format!("cannot create the device: {e}"))?);
+    // Bound before Landlock, which lets this process make only socket files
+    // (admin::bind makes a private directory and a hard link).
+    let admin_listener = match &args.admin_socket {
+        Some(path) => Some(
+            admin::bind(path, args.admin_socket_mode)
+                .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     // Before any thread starts (Landlock confines this thread and its new ones).
     sandbox::confine_reads(
         &args.sandbox.model_dirs(args.model.as_deref())?,
@@ -415,8 +428,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         c.ready()
             .map_err(|e| format!("cannot reach the supervisor: {e}"))?;
     }
-    let mut admin =
-        Admin::new(device.clone(), stats.clone(), kernel).with_test_mode(args.test_mode);
+    let mut access = args.admin_access.access();
+    if let Some(user) = &args.sandbox.user {
+        // The daemon's own uid, once it runs as --user (below).
+        access = access.allow_uids([user.resolve()?.0]);
+    }
+    let mut admin = Admin::new(device.clone(), stats.clone(), kernel)
+        .with_test_mode(args.test_mode)
+        .with_access(access);
     if let Some(c) = &control {
         let (c1, c2) = (c.clone(), c.clone());
         admin = admin
@@ -428,9 +447,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             }));
     }
     let admin = Arc::new(admin);
-    if let Some(path) = &args.admin_socket {
-        admin::spawn(admin.clone(), path, args.admin_socket_mode)
-            .map_err(|e| format!("cannot serve the admin socket {}: {e}", path.display()))?;
+    if let Some(l) = admin_listener {
+        admin::spawn_on(admin.clone(), l).map_err(|e| format!("admin socket: {e}"))?;
     }
     if let Some(fd) = args.admin_fd {
         let l = std::os::unix::net::UnixListener::from(inherited(fd, "--admin-fd")?);

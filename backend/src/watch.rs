@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::admin::{Admin, Request};
+use crate::admin::Admin;
 
 /// What identifies a version of the file: inode (a rename over it), size and
 /// modification time.
@@ -24,7 +24,8 @@ fn stamp(path: &PathBuf) -> Option<(u64, u64, i64, i64)> {
 /// Polls `path` every `interval` on a background thread. A change is loaded
 /// once the file has looked the same for one more interval, so a file still
 /// being written is not loaded half-way (a refused load is retried only when
-/// the file changes again).
+/// the file changes again). Loads are serialised with the admin `load`s: a
+/// change seen while one runs is loaded after it.
 pub fn spawn(admin: Arc<Admin>, path: PathBuf, interval: Duration) -> std::io::Result<()> {
     let mut loaded = stamp(&path);
     info!("watching {} every {interval:?}", path.display());
@@ -42,8 +43,13 @@ pub fn spawn(admin: Arc<Admin>, path: PathBuf, interval: Duration) -> std::io::R
                 seen = now;
                 continue;
             }
+            // Through the admin's load lock: while an admin `load` runs,
+            // try again at the next poll (never wait: a load started later
+            // must not be overtaken, nor this thread stuck behind a slow one).
+            let Some(reply) = admin.try_load(&path) else {
+                continue;
+            };
             loaded = now;
-            let reply = admin.handle(Request::Load { path: path.clone() });
             if reply["ok"] != true {
                 warn!("watch: {} not loaded: {}", path.display(), reply["error"]);
             }
@@ -107,5 +113,35 @@ mod tests {
         );
         assert_eq!(dev.current().generation, 2);
         assert_eq!(dev.current().model.as_ref().unwrap().mlp.input_dim(), 7);
+    }
+
+    #[test]
+    fn a_change_seen_during_an_admin_load_is_loaded_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        std::fs::write(&path, model(2).to_bytes()).unwrap();
+        let dev = Arc::new(NnDevice::new(model(2), path.clone(), 1).unwrap());
+        let stats = Arc::new(Stats::new(1));
+        let admin = Arc::new(Admin::new(
+            dev.clone(),
+            stats.clone(),
+            nn_core::kernels::Kernel::Auto,
+        ));
+        // An admin load in progress...
+        let load = admin.hold_load_lock();
+        spawn(admin.clone(), path.clone(), Duration::from_millis(10)).unwrap();
+        let tmp = dir.path().join("new");
+        std::fs::write(&tmp, model(4).to_bytes()).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        // ... holds the watcher back (many polls), and a second load too.
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(dev.current().generation, 1);
+        let r = admin.handle(crate::admin::Request::Load { path: path.clone() });
+        assert_eq!(r["error"], crate::admin::BUSY, "{r}");
+        assert_eq!(stats.summary().swap_failures, 0);
+        drop(load);
+        // Then the change is loaded, not forgotten.
+        assert!(eventually(|| dev.current().generation == 2), "not reloaded");
+        assert_eq!(dev.current().model.as_ref().unwrap().mlp.input_dim(), 4);
     }
 }

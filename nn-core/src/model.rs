@@ -17,7 +17,8 @@
 //!   - `checksum` = `"crc32c:"` and 8 lowercase hex digits: CRC-32C of the
 //!     tensor data in layer order (weight bytes, then bias bytes, for
 //!     `k = 0..L`), little-endian as stored.
-//!   - `name` (optional): a human-readable model name.
+//!   - `name` (optional): a human-readable model name, at most
+//!     [`MAX_NAME_LEN`] bytes.
 //!
 //! Every malformed file is refused with a [`ModelError`] naming the tensor or
 //! key and the reason; a model that loads has passed [`Mlp::new`]'s checks.
@@ -42,6 +43,9 @@ pub const FORMAT_VERSION: &str = "1";
 pub const FIXED_POINT: &str = "q16.16";
 /// Largest model file accepted, in bytes.
 pub const MAX_FILE_SIZE: usize = 256 << 20;
+/// Longest `name` metadata accepted, in bytes (it is shown by the admin
+/// `status` and written to logs).
+pub const MAX_NAME_LEN: usize = 256;
 
 const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
@@ -54,6 +58,9 @@ pub enum ModelError {
     /// The safetensors container itself is broken.
     #[error("not a valid safetensors file: {0}")]
     Container(String),
+    /// The `name` metadata is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("metadata `name` is {0} bytes; at most {max} are accepted", max = MAX_NAME_LEN)]
+    NameTooLong(usize),
     /// A required metadata key is absent.
     #[error("metadata key `{0}` is missing")]
     MissingMetadata(&'static str),
@@ -251,7 +258,11 @@ impl Model {
                 actual,
             });
         }
-        let name = meta(&header, "name").unwrap_or("").to_string();
+        let name = meta(&header, "name").unwrap_or("");
+        if name.len() > MAX_NAME_LEN {
+            return Err(ModelError::NameTooLong(name.len()));
+        }
+        let name = name.to_string();
         Ok(Self {
             mlp,
             name,
@@ -351,17 +362,24 @@ impl Model {
 
 /// The bytes of a model file, not validated: a regular file of at most
 /// [`MAX_FILE_SIZE`] bytes.
+///
+/// The file is opened with `O_NONBLOCK` (and `O_NOCTTY`) and checked with
+/// `fstat` on the open descriptor, not on the path: a FIFO, device or socket
+/// put at the path at any moment is refused at once (opening a FIFO for
+/// reading without `O_NONBLOCK` would wait for a writer, forever).
 #[cfg(feature = "std")]
 pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let name = || path.display().to_string();
     let io = |e| LoadError::Io(name(), e);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io)?;
     // Only regular files: a FIFO would block the reader, a device such as
     // /dev/zero reports no size and never ends.
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(LoadError::NotAFile(name()));
-    }
-    let file = std::fs::File::open(path).map_err(io)?;
     if !file.metadata().map_err(io)?.is_file() {
         return Err(LoadError::NotAFile(name()));
     }
@@ -562,5 +580,51 @@ mod tests {
                 expected: 2
             }))
         );
+    }
+
+    #[test]
+    fn a_long_name_is_refused() {
+        let mut m = sample();
+        m.name = "n".repeat(MAX_NAME_LEN);
+        assert_eq!(Model::from_bytes(&m.to_bytes()).unwrap().name, m.name);
+        m.name.push('n');
+        assert_eq!(
+            Model::from_bytes(&m.to_bytes()),
+            Err(ModelError::NameTooLong(MAX_NAME_LEN + 1))
+        );
+    }
+
+    /// A FIFO at the path (say, swapped in after a check of the path) is
+    /// refused at once, not waited on for a writer that never comes.
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_fifo_is_refused_at_once() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("nn-core-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = dir.join("model.safetensors");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(read_file(&path).map(|b| b.len())));
+        let r = rx.recv_timeout(std::time::Duration::from_secs(10));
+        // Unblock a reader that did wait (a broken read_file), then clean up.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+        let _ = std::fs::remove_dir_all(&dir);
+        match r {
+            Ok(Err(LoadError::NotAFile(p))) => assert_eq!(p, fifo.display().to_string()),
+            other => panic!("expected NotAFile at once, got {other:?}"),
+        }
+        assert!(matches!(
+            read_file(std::path::Path::new("/dev/zero")),
+            Err(LoadError::NotAFile(_))
+        ));
     }
 }

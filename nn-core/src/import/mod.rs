@@ -174,6 +174,24 @@ impl core::fmt::Display for QuantReport {
     }
 }
 
+/// Refuses a layer whose widths are outside `1..=MAX_DIM`. The importers
+/// call it as soon as they know a weight's shape, before anything is
+/// allocated for the layer (a zero bias of `out` values, a transposed
+/// copy): a hostile shape such as `[2^40, 0]` holds no data, so only this
+/// check stands between it and an allocation of terabytes.
+pub(crate) fn check_dims(layer: &str, in_dim: usize, out_dim: usize) -> Result<(), ImportError> {
+    match [in_dim, out_dim]
+        .into_iter()
+        .find(|&d| d == 0 || d > MAX_DIM as usize)
+    {
+        Some(dim) => Err(ImportError::TooWide {
+            layer: layer.to_string(),
+            dim,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn check_finite(tensor: &str, values: &[f64]) -> Result<(), ImportError> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(ImportError::NonFinite {

@@ -28,7 +28,7 @@ use std::vec::Vec;
 
 use prost::Message;
 
-use super::{bf16_to_f64, f16_to_f64, quantize, FloatLayer, ImportError, QuantReport};
+use super::{bf16_to_f64, check_dims, f16_to_f64, quantize, FloatLayer, ImportError, QuantReport};
 use crate::mlp::{Activation, Mlp};
 
 /// `onnx.ModelProto` (subset).
@@ -225,7 +225,15 @@ fn tensor_values(t: &TensorProto) -> Result<(Vec<usize>, Vec<f64>), ImportError>
             shape: Vec::new(),
             expected: "non-negative dims".into(),
         })?;
-    let count: usize = shape.iter().product();
+    // Checked: `[2^32, 2^32]` must not wrap to 0 and match empty data.
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| ImportError::Shape {
+            tensor: name.clone(),
+            shape: shape.clone(),
+            expected: "dims whose product fits in memory".into(),
+        })?;
     let raw = &t.raw_data;
     let values: Vec<f64> = match t.data_type {
         data_type::FLOAT if !raw.is_empty() => raw
@@ -417,6 +425,8 @@ pub fn read(bytes: &[u8]) -> Result<Vec<FloatLayer>, ImportError> {
                         })
                     }
                 };
+                // Before the transposed copy or a zero bias is allocated.
+                check_dims(&wt.name, in_dim, out_dim)?;
                 let mut weight = if trans_b {
                     w
                 } else {
@@ -457,6 +467,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<FloatLayer>, ImportError> {
                         })
                     }
                 };
+                check_dims(&wt.name, in_dim, out_dim)?;
                 layers.push(FloatLayer {
                     weight_name: wt.name.clone(),
                     bias_name: None,
@@ -845,5 +856,45 @@ mod tests {
         g.node.insert(2, r);
         g.node[3].input[0] = "relu0b".into();
         assert!(matches!(refused(&m), ImportError::Node { node, .. } if node == "relu0b"));
+    }
+
+    /// Hostile dims are refused before anything is allocated for them:
+    /// `[2^40, 0]` (no data, as the dims say) would ask for a zero bias of
+    /// 2^40 values, `[2^32, 2^32]` overflows the element count (a panic in
+    /// debug builds, a wrap to 0 matching the empty data in release ones).
+    #[test]
+    fn hostile_dims_are_refused_without_allocating() {
+        let hostile = |dims: Vec<i64>, matmul: bool| {
+            let mut m = model();
+            let g = graph(&mut m);
+            g.initializer[0].dims = dims;
+            g.initializer[0].raw_data.clear();
+            // No bias operand: the importer would make a zero bias itself.
+            g.node[0].input.truncate(2);
+            if matmul {
+                g.node[0].op_type = "MatMul".into();
+                g.node[0].attribute.clear();
+            }
+            refused(&m)
+        };
+        let too_wide = |dim| ImportError::TooWide {
+            layer: "layers.0.weight".into(),
+            dim,
+        };
+        // Gemm (transB = 1): [out, in]; MatMul: [in, out]. The input
+        // width is checked first.
+        assert_eq!(hostile(vec![1 << 40, 0], false), too_wide(0));
+        assert_eq!(hostile(vec![0, 1 << 40], true), too_wide(0));
+        assert_eq!(hostile(vec![0, 3], false), too_wide(0));
+        for matmul in [false, true] {
+            assert!(
+                matches!(
+                    hostile(vec![1 << 32, 1 << 32], matmul),
+                    ImportError::Shape { tensor, expected, .. }
+                        if tensor == "layers.0.weight" && expected.contains("product")
+                ),
+                "matmul: {matmul}"
+            );
+        }
     }
 }

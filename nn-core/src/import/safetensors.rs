@@ -26,8 +26,8 @@ use std::vec::Vec;
 use safetensors::{Dtype, SafeTensors};
 
 use super::{
-    bf16_to_f64, default_activations, f16_to_f64, natural_cmp, quantize, FloatLayer, ImportError,
-    QuantReport,
+    bf16_to_f64, check_dims, default_activations, f16_to_f64, natural_cmp, quantize, FloatLayer,
+    ImportError, QuantReport,
 };
 use crate::mlp::{Activation, Mlp};
 
@@ -144,6 +144,8 @@ pub fn read(bytes: &[u8], opts: &Options) -> Result<Vec<FloatLayer>, ImportError
                 })
             }
         };
+        // Before the values are read or a zero bias allocated.
+        check_dims(&wn, in_dim, out_dim)?;
         let weight = float_values(&wn, &w)?;
         let bn = format!("{p}.bias");
         let (bias_name, bias) = match st.tensor(&bn) {
@@ -323,6 +325,44 @@ mod tests {
         assert!(matches!(
             import(&file(&t), &Options::default()),
             Err(ImportError::OutOfRange { tensor, index: 3, .. }) if tensor == "0.weight"
+        ));
+    }
+
+    /// Hostile shapes are refused before anything is allocated for them:
+    /// `[2^40, 0]` holds no data (so the container accepts it) but asked
+    /// for a zero bias of 2^40 values; `[2^32, 2^32]` overflows the
+    /// element count.
+    #[test]
+    fn hostile_shapes_are_refused_without_allocating() {
+        let raw = |shape: &str| -> Vec<u8> {
+            let mut h = format!(
+                r#"{{"big.weight":{{"dtype":"F32","shape":{shape},"data_offsets":[0,0]}}}}"#
+            );
+            while h.len() % 8 != 0 {
+                h.push(' ');
+            }
+            let mut out = (h.len() as u64).to_le_bytes().to_vec();
+            out.extend_from_slice(h.as_bytes());
+            out
+        };
+        for (shape, dim) in [
+            // [out, in]: the input width is checked first.
+            ("[1099511627776,0]", 0usize),
+            ("[0,1099511627776]", 1 << 40),
+            ("[4096,0]", 0),
+        ] {
+            assert_eq!(
+                import(&raw(shape), &Options::default()),
+                Err(ImportError::TooWide {
+                    layer: "big.weight".into(),
+                    dim
+                }),
+                "{shape}"
+            );
+        }
+        assert!(matches!(
+            import(&raw("[4294967296,4294967296]"), &Options::default()),
+            Err(ImportError::Container { .. })
         ));
     }
 }
