@@ -30,8 +30,8 @@
 //! * Only root, the daemon's own uid and the uids and gids of
 //!   `--admin-allow-uid` / `--admin-allow-gid` may use it (`SO_PEERCRED`,
 //!   checked before the client takes a slot); anyone else gets
-//!   `permission denied (uid N)` and is closed, counted and logged (at most
-//!   one message per [`LOG_EVERY`]).
+//!   `permission denied (uid N)` and is closed, counted and logged
+//!   (rate-limited, see [`crate::ratelimit`]).
 //! * Each request has a deadline (`--admin-timeout-ms`, [`DEFAULT_TIMEOUT`]):
 //!   its line must arrive, and its answer be taken, within it (the time the
 //!   daemon spends answering does not count). A client that misses it is
@@ -54,6 +54,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::device::NnDevice;
+use crate::ratelimit::warn_limited;
 use crate::stats::Stats;
 
 /// Longest request line accepted, in bytes.
@@ -63,9 +64,6 @@ pub const MAX_CLIENTS: usize = 32;
 /// Default deadline of one request: its line must arrive, and its answer
 /// be taken, within this time (`--admin-timeout-ms`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Refused and timed-out clients are logged at most once per this time
-/// (with a count of the ones not logged).
-pub const LOG_EVERY: Duration = Duration::from_secs(10);
 /// The reply to a `load` while another load is in progress.
 pub const BUSY: &str = "busy: a load is in progress";
 
@@ -165,31 +163,6 @@ impl Access {
     }
 }
 
-/// A log line for a kind of event, at most once per [`LOG_EVERY`], with the
-/// number of events not logged since the last line.
-#[derive(Default)]
-struct Throttle {
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl Throttle {
-    fn warn(&self, msg: impl FnOnce() -> String) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if st.0.is_some_and(|last| now < last + LOG_EVERY) {
-            st.1 += 1;
-            return;
-        }
-        let skipped = std::mem::take(&mut st.1);
-        st.0 = Some(now);
-        if skipped > 0 {
-            warn!("{} ({skipped} more not logged)", msg());
-        } else {
-            warn!("{}", msg());
-        }
-    }
-}
-
 /// One admin request. (The commands without arguments are empty struct
 /// variants so that `deny_unknown_fields` applies to them too.)
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -248,10 +221,8 @@ pub struct Admin {
     access: Access,
     /// Clients refused by [`Access`], and their log.
     refused: AtomicU64,
-    refused_log: Throttle,
     /// Clients closed for missing their deadline, and their log.
     timed_out: AtomicU64,
-    timed_out_log: Throttle,
 }
 
 /// The served model as JSON (`null` while none is loaded).
@@ -301,9 +272,7 @@ impl Admin {
             clients: AtomicUsize::new(0),
             access: Access::local(),
             refused: AtomicU64::new(0),
-            refused_log: Throttle::default(),
             timed_out: AtomicU64::new(0),
-            timed_out_log: Throttle::default(),
         }
     }
 
@@ -494,8 +463,7 @@ impl Admin {
             "timeout: the {what} took more than {ms} ms"
         )));
         let who = peer_text(&conn.stream);
-        self.timed_out_log
-            .warn(|| format!("admin: closed a client ({who}): its {what} took more than {ms} ms"));
+        warn_limited!("admin: closed a client ({who}): its {what} took more than {ms} ms");
     }
 
     /// Refuses a client `Access` does not allow.
@@ -509,12 +477,10 @@ impl Admin {
             buf: Vec::new(),
         };
         conn.send_now(&error(format!("permission denied (uid {uid})")));
-        self.refused_log.warn(|| {
-            format!(
-                "admin: refused a client (uid {uid}, gid {gid}, pid {pid}): not root, the \
-                 daemon's uid or an --admin-allow-uid/--admin-allow-gid"
-            )
-        });
+        warn_limited!(
+            "admin: refused a client (uid {uid}, gid {gid}, pid {pid}): not root, the \
+             daemon's uid or an --admin-allow-uid/--admin-allow-gid"
+        );
     }
 }
 
