@@ -64,6 +64,12 @@ pub struct NnDevice {
 #[derive(Default)]
 pub struct Buffers {
     segs: Segments,
+    work: Work,
+}
+
+/// The values of one block of samples, in and out.
+#[derive(Default)]
+struct Work {
     bytes: Vec<u8>,
     inputs: Vec<i32>,
     outputs: Vec<i32>,
@@ -330,29 +336,21 @@ impl NnDevice {
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
-        let mut segs = std::mem::take(&mut buf.segs);
-        let r = self.serve_segments(chain, mem, buf, &mut segs, max_descs, stop);
-        buf.segs = segs;
-        r
-    }
-
-    fn serve_segments<M>(
-        &self,
-        chain: DescriptorChain<M>,
-        mem: &GuestMemory,
-        buf: &mut Buffers,
-        segs: &mut Segments,
-        max_descs: usize,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<Outcome, Stopped>
-    where
-        M: std::ops::Deref,
-        M::Target: vm_memory::GuestMemory,
-    {
-        if let Err(e) = segs.parse(chain, mem, max_descs) {
+        if let Err(e) = buf.segs.parse(chain, mem, max_descs) {
             warn_limited!("{e}");
             return Ok(Outcome::DROPPED);
         }
+        self.serve(&buf.segs, mem, &mut buf.work, stop)
+    }
+
+    /// Answers the parsed chain `segs`.
+    fn serve(
+        &self,
+        segs: &Segments,
+        mem: &GuestMemory,
+        work: &mut Work,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Outcome, Stopped> {
         if segs.writable_len() < ResponseHeader::SIZE {
             warn_limited!(
                 "writable part of {} bytes cannot hold a response header",
@@ -365,7 +363,7 @@ impl NnDevice {
             warn_limited!("request with readable descriptors outside guest memory");
             (error(&served, 0, protocol::STATUS_DEVICE_ERROR), 0)
         } else {
-            self.answer(&served, segs, mem, buf, stop)?
+            self.answer(&served, segs, mem, work, stop)?
         };
         if resp.status != protocol::STATUS_OK {
             debug!(
@@ -400,7 +398,7 @@ impl NnDevice {
         served: &Served,
         segs: &Segments,
         mem: &GuestMemory,
-        buf: &mut Buffers,
+        buf: &mut Work,
         stop: &dyn Fn() -> bool,
     ) -> Result<(ResponseHeader, usize), Stopped> {
         let mut hb = [0u8; RequestHeader::SIZE];
@@ -767,11 +765,15 @@ mod tests {
         assert_eq!(blocks.get(), n as usize, "a stop check before every block");
         // Bounded by one block (one sample), not by the request.
         assert!(
-            buf.bytes.capacity() <= 2 * W * 4,
+            buf.work.bytes.capacity() <= 2 * W * 4,
             "{}",
-            buf.bytes.capacity()
+            buf.work.bytes.capacity()
         );
-        assert!(buf.inputs.capacity() <= 2 * W, "{}", buf.inputs.capacity());
+        assert!(
+            buf.work.inputs.capacity() <= 2 * W,
+            "{}",
+            buf.work.inputs.capacity()
+        );
         let mut got = vec![0i32; n as usize * W];
         let mut resp = vec![0u8; got.len() * 4];
         m.read_slice(&mut resp, GuestAddress(RESP + 24)).unwrap();

@@ -8,8 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use nn_core::protocol::{RequestHeader, ResponseHeader, OP_PREDICT, STATUS_OK};
-use vhost_user_nn::testing::frontend::{Buf, Frontend, Options, RawDesc, F_INDIRECT, F_NEXT};
+use nn_core::protocol::STATUS_OK;
+use vhost_user_nn::testing::frontend::{Buf, Frontend, RawDesc, F_INDIRECT, F_NEXT};
 
 mod common;
 
@@ -24,35 +24,15 @@ fn get_vring_base_during_a_long_request_means_no_used_write_after_it() {
         .start()
         .expect("daemon starts");
     let fe = Frontend::connect(daemon.socket(), 1).expect("frontend connects");
-    let max_batch = fe.config().unwrap().max_batch;
-    let n = max_batch as usize;
-    let hdr = RequestHeader {
-        opcode: OP_PREDICT,
-        flags: 0,
-        id: 1,
-        num_samples: max_batch,
-        in_dim: DIMS[0] as u32,
-    };
-    let mut req = hdr.to_bytes().to_vec();
-    req.resize(RequestHeader::SIZE + n * DIMS[0] * 4, 0x22);
-    let resp_len = ResponseHeader::SIZE + n * DIMS[2] * 4;
-    let req_at = fe.scratch(0);
-    let resp_at = req_at + (req.len() as u64).next_multiple_of(4096);
-    fe.write(req_at, &req).unwrap();
+    let chain = common::max_cost_chain(&fe, 0, DIMS[0], DIMS[2]);
+    let resp_len = chain[1].len as usize;
     const POSTED: usize = 20;
     // Until the stop falls inside a request (the worker took a chain it has
     // not answered): a few tries, each on a freshly restarted ring.
     let mut caught = false;
     for attempt in 0..10 {
         for _ in 0..POSTED {
-            fe.submit(
-                0,
-                &[
-                    Buf::r(req_at, req.len() as u32),
-                    Buf::w(resp_at, resp_len as u32),
-                ],
-            )
-            .unwrap();
+            fe.submit(0, &chain).unwrap();
         }
         // The first answer shows the worker at work; it takes the next
         // chain at once.
@@ -97,18 +77,7 @@ fn get_vring_base_during_a_long_request_means_no_used_write_after_it() {
 
 #[test]
 fn a_65535_descriptor_indirect_chain_is_refused_without_walking_it() {
-    let daemon = common::daemon()
-        .model(common::default_model())
-        .start()
-        .expect("daemon starts");
-    let fe = Frontend::connect_with(
-        daemon.socket(),
-        Options {
-            queue_size: 256,
-            ..Options::default()
-        },
-    )
-    .expect("frontend connects");
+    let (daemon, fe) = common::default_daemon_and_frontend(256);
     let scratch = fe.scratch(0);
     // 65535 entries of 16 bytes fill the scratch area but its last 16 bytes;
     // they all point at those 16 bytes.
@@ -139,18 +108,7 @@ fn a_65535_descriptor_indirect_chain_is_refused_without_walking_it() {
 
 #[test]
 fn a_flood_of_bad_chains_writes_a_bounded_number_of_log_lines() {
-    let daemon = common::daemon()
-        .model(common::default_model())
-        .start()
-        .expect("daemon starts");
-    let fe = Frontend::connect_with(
-        daemon.socket(),
-        Options {
-            queue_size: 1024,
-            ..Options::default()
-        },
-    )
-    .expect("frontend connects");
+    let (daemon, fe) = common::default_daemon_and_frontend(1024);
     // Chains with no room for a response header: each is returned unanswered
     // with a warning.
     let at = fe.scratch(0);

@@ -75,3 +75,62 @@ pub fn frontend_with_events(
     }
     fe
 }
+
+/// Writes one OP_PREDICT request of the config space's `max_batch` samples
+/// (the most a request may cost) of `in_dim` inputs into `queue`'s scratch
+/// area, with room for `out_dim` outputs after it; returns the chain that
+/// sends it (post it as often as wanted: the device reads and writes the
+/// same buffers).
+pub fn max_cost_chain(
+    fe: &vhost_user_nn::testing::frontend::Frontend,
+    queue: usize,
+    in_dim: usize,
+    out_dim: usize,
+) -> [vhost_user_nn::testing::frontend::Buf; 2] {
+    use nn_core::protocol::{RequestHeader, ResponseHeader, OP_PREDICT};
+    use vhost_user_nn::testing::frontend::{Buf, SCRATCH_BYTES};
+    let max_batch = fe.config().expect("config").max_batch;
+    let n = max_batch as usize;
+    let hdr = RequestHeader {
+        opcode: OP_PREDICT,
+        flags: 0,
+        id: 7,
+        num_samples: max_batch,
+        in_dim: in_dim as u32,
+    };
+    let mut req = hdr.to_bytes().to_vec();
+    req.resize(RequestHeader::SIZE + n * in_dim * 4, 0x11);
+    let resp_len = ResponseHeader::SIZE + n * out_dim * 4;
+    let req_at = fe.scratch(queue);
+    let resp_at = req_at + (req.len() as u64).next_multiple_of(4096);
+    assert!(
+        resp_at + resp_len as u64 <= req_at + SCRATCH_BYTES,
+        "a max-cost request fits the scratch area"
+    );
+    fe.write(req_at, &req).expect("guest memory");
+    [
+        Buf::r(req_at, req.len() as u32),
+        Buf::w(resp_at, resp_len as u32),
+    ]
+}
+
+/// A daemon serving the default model and a frontend with queues of
+/// `queue_size` entries on it.
+pub fn default_daemon_and_frontend(
+    queue_size: u16,
+) -> (Daemon, vhost_user_nn::testing::frontend::Frontend) {
+    use vhost_user_nn::testing::frontend::{Frontend, Options};
+    let daemon = daemon()
+        .model(default_model())
+        .start()
+        .expect("daemon starts");
+    let fe = Frontend::connect_with(
+        daemon.socket(),
+        Options {
+            queue_size,
+            ..Options::default()
+        },
+    )
+    .expect("frontend connects");
+    (daemon, fe)
+}
