@@ -108,8 +108,56 @@ static const unsigned int virtio_nn_features[] = {
 	VIRTIO_F_VERSION_1,
 };
 
+/*
+ * One value per file under the device's own sysfs directory, as sysfs
+ * convention asks: /sys/bus/virtio/devices/virtioN/neural_network/ (a named
+ * group, because the virtio core already has a "status" file there). The
+ * driver core adds the group after a successful probe and removes it
+ * (waiting for running shows) before remove, so vdev->priv holds the bound
+ * device while a show runs.
+ */
+#define VIRTIO_NN_DEV_ATTR(_name, _which)				\
+static ssize_t virtio_nn_##_name##_show(struct device *dev,		\
+					struct device_attribute *attr,	\
+					char *buf)			\
+{									\
+	return virtio_nn_dev_attr_show(dev_to_virtio(dev), _which, buf);	\
+}									\
+static struct device_attribute virtio_nn_dev_attr_##_name =		\
+	__ATTR(_name, 0444, virtio_nn_##_name##_show, NULL)
+
+VIRTIO_NN_DEV_ATTR(generation, VIRTIO_NN_ATTR_GENERATION);
+VIRTIO_NN_DEV_ATTR(status, VIRTIO_NN_ATTR_STATUS);
+VIRTIO_NN_DEV_ATTR(input_dim, VIRTIO_NN_ATTR_INPUT_DIM);
+VIRTIO_NN_DEV_ATTR(output_dim, VIRTIO_NN_ATTR_OUTPUT_DIM);
+VIRTIO_NN_DEV_ATTR(num_layers, VIRTIO_NN_ATTR_NUM_LAYERS);
+VIRTIO_NN_DEV_ATTR(max_batch, VIRTIO_NN_ATTR_MAX_BATCH);
+VIRTIO_NN_DEV_ATTR(queues, VIRTIO_NN_ATTR_QUEUES);
+
+static struct attribute *virtio_nn_dev_attrs[] = {
+	&virtio_nn_dev_attr_generation.attr,
+	&virtio_nn_dev_attr_status.attr,
+	&virtio_nn_dev_attr_input_dim.attr,
+	&virtio_nn_dev_attr_output_dim.attr,
+	&virtio_nn_dev_attr_num_layers.attr,
+	&virtio_nn_dev_attr_max_batch.attr,
+	&virtio_nn_dev_attr_queues.attr,
+	NULL,
+};
+
+static const struct attribute_group virtio_nn_dev_group = {
+	.name = "neural_network",
+	.attrs = virtio_nn_dev_attrs,
+};
+
+static const struct attribute_group *virtio_nn_dev_groups[] = {
+	&virtio_nn_dev_group,
+	NULL,
+};
+
 static struct virtio_driver virtio_nn_driver = {
 	.driver.name = KBUILD_MODNAME,
+	.driver.dev_groups = virtio_nn_dev_groups,
 	.id_table = virtio_nn_id_table,
 	.feature_table = virtio_nn_features,
 	.feature_table_size = ARRAY_SIZE(virtio_nn_features),

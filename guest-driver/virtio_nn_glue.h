@@ -42,6 +42,18 @@ ssize_t virtio_nn_dev_write(struct file *file, const char __user *buf,
 			    size_t count, loff_t *pos);
 
 ssize_t virtio_nn_model_info_show(char *buf);
+/* The one-value files of the device's own sysfs directory (@attr: below). */
+enum virtio_nn_dev_attr {
+	VIRTIO_NN_ATTR_GENERATION,
+	VIRTIO_NN_ATTR_STATUS,
+	VIRTIO_NN_ATTR_INPUT_DIM,
+	VIRTIO_NN_ATTR_OUTPUT_DIM,
+	VIRTIO_NN_ATTR_NUM_LAYERS,
+	VIRTIO_NN_ATTR_MAX_BATCH,
+	VIRTIO_NN_ATTR_QUEUES,
+};
+ssize_t virtio_nn_dev_attr_show(struct virtio_device *vdev, int attr,
+				char *buf);
 unsigned long virtio_nn_cache_count(void);
 unsigned long virtio_nn_cache_scan(unsigned long nr);
 ssize_t virtio_nn_performance_show(char *buf);

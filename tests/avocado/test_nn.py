@@ -332,7 +332,11 @@ class Functional(NNTest):
         self.assertEqual(int(info["Layers"]), len(st["model"]["dims"]) - 1)
         self.assertEqual(int(info["Generation"]), st["generation"])
         self.assertEqual(int(info["Queues"]), self.queues)
+        # the seed's lines first, as the seed spells them
+        self.assertEqual(list(info)[:3], ["Model", "Status", "Predictions"], "model_info order")
         perf = g.kv(PERF)
+        self.assertEqual(list(perf)[:3], ["Cache hits", "Cache misses", "Errors"],
+                         "performance order")
         for k, v in perf.items():
             self.assertRegex(v, r"^\d+$", f"performance {k}")
         self.assertGreaterEqual(int(perf["requests"]), 1)
