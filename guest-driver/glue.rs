@@ -67,6 +67,26 @@ extern "C" {
     /// `spin_unlock_irqrestore()`.
     pub(crate) fn virtio_nn_spin_unlock_irqrestore(lock: *mut bindings::spinlock_t, flags: c_ulong);
 
+    /// `init_waitqueue_head()`.
+    pub(crate) fn virtio_nn_init_waitqueue_head(wq: *mut bindings::wait_queue_head);
+
+    /// `wake_up_all()`.
+    pub(crate) fn virtio_nn_wake_up_all(wq: *mut bindings::wait_queue_head);
+
+    /// `wait_event_killable_timeout(*wq, READ_ONCE(*seq) != seen, timeout)`:
+    /// positive once `*seq` differs from `seen`, 0 on timeout,
+    /// `-ERESTARTSYS` on a fatal signal.
+    pub(crate) fn virtio_nn_wait_seq_killable(
+        wq: *mut bindings::wait_queue_head,
+        seq: *const u32,
+        seen: u32,
+        timeout: c_long,
+    ) -> c_long;
+
+    /// `__ratelimit()` of the driver's one rate limit for messages a
+    /// request can cause: whether to print.
+    pub(crate) fn virtio_nn_ratelimit() -> bool;
+
     /// `rcu_read_lock()`.
     pub(crate) fn virtio_nn_rcu_read_lock();
 

@@ -26,6 +26,7 @@
 #include <linux/moduleparam.h>
 #include <linux/pid.h>
 #include <linux/proc_fs.h>
+#include <linux/ratelimit.h>
 #include <linux/rcupdate.h>
 #include <linux/sched.h>
 #include <linux/shrinker.h>
@@ -35,6 +36,7 @@
 #include <linux/sysfs.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/wait.h>
 #include <linux/workqueue.h>
 
 #include "virtio_nn_glue.h"
@@ -225,6 +227,40 @@ void virtio_nn_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 	spin_unlock_irqrestore(lock, flags);
 }
 
+void virtio_nn_init_waitqueue_head(struct wait_queue_head *wq)
+{
+	init_waitqueue_head(wq);
+}
+
+void virtio_nn_wake_up_all(struct wait_queue_head *wq)
+{
+	wake_up_all(wq);
+}
+
+/*
+ * Sleeps until *@seq differs from @seen, at most @timeout jiffies; only a
+ * fatal signal interrupts the sleep. Returns > 0 if it differs, 0 on
+ * timeout, -ERESTARTSYS on a fatal signal.
+ */
+long virtio_nn_wait_seq_killable(struct wait_queue_head *wq, const u32 *seq,
+				 u32 seen, long timeout)
+{
+	return wait_event_killable_timeout(*wq, READ_ONCE(*seq) != seen,
+					   timeout);
+}
+
+/*
+ * One rate limit (the kernel's default: 10 messages per 5 s) for the
+ * driver's messages that a request can cause.
+ */
+bool virtio_nn_ratelimit(void)
+{
+	static DEFINE_RATELIMIT_STATE(rs, DEFAULT_RATELIMIT_INTERVAL,
+				      DEFAULT_RATELIMIT_BURST);
+
+	return __ratelimit(&rs);
+}
+
 void virtio_nn_rcu_read_lock(void)
 {
 	rcu_read_lock();
@@ -327,8 +363,8 @@ static void virtio_nn_health_fn(struct work_struct *work)
 	virtio_nn_health_run();
 	ms = READ_ONCE(health_interval_ms);
 	if (ms)
-		schedule_delayed_work(&virtio_nn_health_work,
-				      msecs_to_jiffies(ms));
+		queue_delayed_work(system_long_wq, &virtio_nn_health_work,
+				   msecs_to_jiffies(ms));
 }
 
 void virtio_nn_health_start(void)
@@ -337,8 +373,8 @@ void virtio_nn_health_start(void)
 
 	INIT_DELAYED_WORK(&virtio_nn_health_work, virtio_nn_health_fn);
 	if (ms)
-		schedule_delayed_work(&virtio_nn_health_work,
-				      msecs_to_jiffies(ms));
+		queue_delayed_work(system_long_wq, &virtio_nn_health_work,
+				   msecs_to_jiffies(ms));
 }
 
 /* Cancels the check and waits for a running one (it cannot re-arm). */

@@ -18,6 +18,7 @@ struct proc_ops;
 struct virtio_device;
 struct virtqueue;
 struct virtqueue_info;
+struct wait_queue_head;
 
 /* --- Callbacks implemented in Rust ------------------------------------ */
 
@@ -79,6 +80,11 @@ void virtio_nn_init_completion(struct completion *x);
 unsigned long virtio_nn_spin_lock_irqsave(spinlock_t *lock);
 void virtio_nn_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 int virtio_nn_current_session(void);
+void virtio_nn_init_waitqueue_head(struct wait_queue_head *wq);
+void virtio_nn_wake_up_all(struct wait_queue_head *wq);
+long virtio_nn_wait_seq_killable(struct wait_queue_head *wq, const u32 *seq,
+				 u32 seen, long timeout);
+bool virtio_nn_ratelimit(void);
 void virtio_nn_rcu_read_lock(void);
 void virtio_nn_rcu_read_unlock(void);
 void *virtio_nn_pde_data(const struct inode *inode);

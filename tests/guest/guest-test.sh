@@ -314,7 +314,9 @@ echo 0 >$CPARAM
 
 if [ -n "$VQ_SIZE" ]; then
     echo "== more requests than the queue holds (vq size $VQ_SIZE)"
+    echo 30000 >$PARAM
     host stop-daemon
+    e0=$(kv $PERF Errors)
     n=$((VQ_SIZE + 3))
     i=0
     while [ $i -lt $n ]; do
@@ -322,9 +324,20 @@ if [ -n "$VQ_SIZE" ]; then
         i=$((i + 1))
     done
     sleep 2
+    # One more writer, waiting for room, gets a signal that it handles: only
+    # a fatal signal may end that wait (no EINTR, no failed request).
+    sh -c "trap 'echo caught' USR1; exec 3<>$Q; echo '$Q1_IN' >&3; cat <&3" >/tmp/sig 2>&1 &
+    spid=$!
+    sleep 1
+    kill -USR1 $spid
+    sleep 0.5
     host cont-daemon
     wait
     expect_eq "$n predictions through a full queue" "$(cat /tmp/full.* | grep -cx -- "$Q1_OUT")" "$n"
+    expect_eq "a handled signal does not end the wait for room (answer, signal seen, errors)" \
+        "$(grep -cx -- "$Q1_OUT" /tmp/sig) $(grep -c caught /tmp/sig) $(($(kv $PERF Errors) - e0))" "1 1 0"
+    cat /tmp/sig
+    echo 5000 >$PARAM
 fi
 
 echo "== model hot-swap (daemon admin socket), with the result cache on"
