@@ -158,6 +158,7 @@ pub(crate) struct NnDevice {
     /// interrupt, or an answer from another model generation).
     config_stale: AtomicBool,
     /// A lock-free copy of `config.cfg`, for the prediction fast path.
+    #[pin]
     snapshot: ConfigSnapshot,
     /// Set when the device is going away (as `config.vdev` null).
     gone: AtomicBool,
@@ -190,7 +191,7 @@ impl NnDevice {
             queues,
             config <- new_mutex!(ConfigState { vdev, cfg }, "virtio_nn_config"),
             config_stale: AtomicBool::new(false),
-            snapshot: ConfigSnapshot::new(&cfg),
+            snapshot <- ConfigSnapshot::new(&cfg),
             gone: AtomicBool::new(false),
             unresponsive: AtomicBool::new(false),
             next_id: AtomicU64::new(1),

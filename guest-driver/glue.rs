@@ -67,6 +67,22 @@ extern "C" {
     /// `spin_unlock_irqrestore()`.
     pub(crate) fn virtio_nn_spin_unlock_irqrestore(lock: *mut bindings::spinlock_t, flags: c_ulong);
 
+    /// `seqlock_init()`.
+    pub(crate) fn virtio_nn_seqlock_init(sl: *mut bindings::seqlock_t);
+
+    /// `write_seqlock()`: takes the lock, disables preemption, makes the
+    /// sequence odd.
+    pub(crate) fn virtio_nn_write_seqlock(sl: *mut bindings::seqlock_t);
+
+    /// `write_sequnlock()`.
+    pub(crate) fn virtio_nn_write_sequnlock(sl: *mut bindings::seqlock_t);
+
+    /// `read_seqbegin()`: waits while a write is in progress.
+    pub(crate) fn virtio_nn_read_seqbegin(sl: *const bindings::seqlock_t) -> c_uint;
+
+    /// `read_seqretry()`: whether a write happened since `start`.
+    pub(crate) fn virtio_nn_read_seqretry(sl: *const bindings::seqlock_t, start: c_uint) -> bool;
+
     /// `init_waitqueue_head()`.
     pub(crate) fn virtio_nn_init_waitqueue_head(wq: *mut bindings::wait_queue_head);
 

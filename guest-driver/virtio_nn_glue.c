@@ -28,6 +28,7 @@
 #include <linux/proc_fs.h>
 #include <linux/ratelimit.h>
 #include <linux/rcupdate.h>
+#include <linux/seqlock.h>
 #include <linux/sched.h>
 #include <linux/shrinker.h>
 #include <linux/sched/signal.h>
@@ -259,6 +260,32 @@ bool virtio_nn_ratelimit(void)
 				      DEFAULT_RATELIMIT_BURST);
 
 	return __ratelimit(&rs);
+}
+
+/* The lock-free config copy (config_snap.rs). */
+void virtio_nn_seqlock_init(seqlock_t *sl)
+{
+	seqlock_init(sl);
+}
+
+void virtio_nn_write_seqlock(seqlock_t *sl)
+{
+	write_seqlock(sl);
+}
+
+void virtio_nn_write_sequnlock(seqlock_t *sl)
+{
+	write_sequnlock(sl);
+}
+
+unsigned int virtio_nn_read_seqbegin(const seqlock_t *sl)
+{
+	return read_seqbegin(sl);
+}
+
+bool virtio_nn_read_seqretry(const seqlock_t *sl, unsigned int start)
+{
+	return read_seqretry(sl, start);
 }
 
 void virtio_nn_rcu_read_lock(void)

@@ -7,6 +7,7 @@
 #ifndef VIRTIO_NN_GLUE_H
 #define VIRTIO_NN_GLUE_H
 
+#include <linux/seqlock_types.h>
 #include <linux/spinlock_types.h>
 #include <linux/types.h>
 
@@ -85,6 +86,11 @@ void virtio_nn_wake_up_all(struct wait_queue_head *wq);
 long virtio_nn_wait_seq_killable(struct wait_queue_head *wq, const u32 *seq,
 				 u32 seen, long timeout);
 bool virtio_nn_ratelimit(void);
+void virtio_nn_seqlock_init(seqlock_t *sl);
+void virtio_nn_write_seqlock(seqlock_t *sl);
+void virtio_nn_write_sequnlock(seqlock_t *sl);
+unsigned int virtio_nn_read_seqbegin(const seqlock_t *sl);
+bool virtio_nn_read_seqretry(const seqlock_t *sl, unsigned int start);
 void virtio_nn_rcu_read_lock(void);
 void virtio_nn_rcu_read_unlock(void);
 void *virtio_nn_pde_data(const struct inode *inode);
