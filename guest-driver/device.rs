@@ -64,6 +64,11 @@ macro_rules! err_ratelimited {
 /// How often a config read is retried when the generation changed under it.
 const CONFIG_READ_RETRIES: u32 = 5;
 
+/// Least time between config reads that no event asked for (polls of a
+/// device without an event queue whose status is not ready, retries after a
+/// failed read), in ms: each read is ~14 round trips to the host.
+const UNASKED_READ_INTERVAL_MS: u32 = 1000;
+
 /// How often a request is sent again because a newer model generation of
 /// another output width answered it (each time the model was swapped again
 /// between the config read and the device taking the request).
@@ -91,6 +96,11 @@ struct ConfigState {
     vdev: *mut bindings::virtio_device,
     /// The config space as last read.
     cfg: DeviceConfig,
+    /// The last config read failed.
+    read_failed: bool,
+    /// Until when reads that no event asked for wait (see
+    /// [`UNASKED_READ_INTERVAL_MS`]).
+    next_unasked_read: Option<Deadline>,
 }
 
 // SAFETY: `vdev` is only used with the lock held, from any thread.
@@ -189,7 +199,15 @@ impl NnDevice {
         pin_init!(Self {
             index,
             queues,
-            config <- new_mutex!(ConfigState { vdev, cfg }, "virtio_nn_config"),
+            config <- new_mutex!(
+                ConfigState {
+                    vdev,
+                    cfg,
+                    read_failed: false,
+                    next_unasked_read: None,
+                },
+                "virtio_nn_config"
+            ),
             config_stale: AtomicBool::new(false),
             snapshot <- ConfigSnapshot::new(&cfg),
             gone: AtomicBool::new(false),
@@ -199,20 +217,53 @@ impl NnDevice {
         })
     }
 
-    /// The model description: the cached config, read again first if an
-    /// event said it changed.
+    /// The model description: the cached config, read again first if it
+    /// may have changed (see [`Self::refresh`]).
     pub(crate) fn model_info(&self) -> ModelInfo {
         let mut state = self.config.lock();
-        if !state.vdev.is_null() && self.config_stale.swap(false, Ordering::Relaxed) {
-            match read_config(state.vdev, self.index) {
-                Ok(cfg) => {
-                    state.cfg = cfg;
-                    self.snapshot.store(&cfg);
-                }
-                Err(_) => self.config_stale.store(true, Ordering::Relaxed),
+        // A failed read keeps the config as it was; `model_info` shows that.
+        let _ = self.refresh(&mut state);
+        ModelInfo { cfg: state.cfg }
+    }
+
+    /// Reads the config space again into `state` when it may have changed:
+    /// at once when an event (or an answer from another model) marked it
+    /// stale; without an event queue, while the status is not ready, at most
+    /// every [`UNASKED_READ_INTERVAL_MS`], as are retries after a failed
+    /// read. Never while the device is unresponsive: QEMU 11.1 aborts on a
+    /// config read once its vhost-user backend has died, and any user can
+    /// make a request, or read `model_info`, at any time.
+    fn refresh(&self, state: &mut ConfigState) -> Result {
+        if state.vdev.is_null() {
+            return Err(ENODEV);
+        }
+        if self.unresponsive() {
+            return Ok(());
+        }
+        let stale = self.config_stale.load(Ordering::Relaxed);
+        let poll = state.cfg.status != protocol::DEVICE_STATUS_READY && !self.events.present();
+        if !stale && !poll {
+            return Ok(());
+        }
+        let unasked = !stale || state.read_failed;
+        if unasked && state.next_unasked_read.is_some_and(|d| d.left() > 0) {
+            return Ok(());
+        }
+        self.config_stale.store(false, Ordering::Relaxed);
+        let result = read_config(state.vdev, self.index);
+        state.next_unasked_read = Some(Deadline::after_ms(UNASKED_READ_INTERVAL_MS));
+        state.read_failed = result.is_err();
+        match result {
+            Ok(cfg) => {
+                state.cfg = cfg;
+                self.snapshot.store(&cfg);
+                Ok(())
+            }
+            Err(e) => {
+                self.config_stale.store(true, Ordering::Relaxed);
+                Err(e)
             }
         }
-        ModelInfo { cfg: state.cfg }
     }
 
     /// Whether the last request went unanswered until its deadline (no
@@ -320,9 +371,10 @@ impl NnDevice {
         }
     }
 
-    /// The config space, read again if it may have changed (or, with
-    /// `recheck`, if its generation field changed). Fails with `ENODEV` if
-    /// the device is gone or has no model.
+    /// The config space, read again if it may have changed (see
+    /// [`Self::refresh`]; with `recheck`, also if its generation field
+    /// changed, unless the device is unresponsive). Fails with `ENODEV` if
+    /// the device is gone or has no model, `EIO` if its status is an error.
     pub(crate) fn current_config(&self, recheck: bool) -> Result<DeviceConfig> {
         // Fast path, without the mutex: the config is known and usable.
         if !recheck
@@ -338,23 +390,13 @@ impl NnDevice {
         if state.vdev.is_null() {
             return Err(ENODEV);
         }
-        if recheck && cread(state.vdev, cfg::GENERATION) != state.cfg.generation {
+        if recheck
+            && !self.unresponsive()
+            && cread(state.vdev, cfg::GENERATION) != state.cfg.generation
+        {
             self.config_stale.store(true, Ordering::Relaxed);
         }
-        if self.config_stale.swap(false, Ordering::Relaxed)
-            || state.cfg.status != protocol::DEVICE_STATUS_READY
-        {
-            match read_config(state.vdev, self.index) {
-                Ok(cfg) => {
-                    state.cfg = cfg;
-                    self.snapshot.store(&cfg);
-                }
-                Err(e) => {
-                    self.config_stale.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
+        self.refresh(&mut state)?;
         match state.cfg.status {
             protocol::DEVICE_STATUS_READY => Ok(state.cfg),
             protocol::DEVICE_STATUS_NO_MODEL => Err(ENODEV),

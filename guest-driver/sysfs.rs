@@ -18,8 +18,9 @@
 //!
 //! The values come from the config space as last read by the driver (at
 //! probe, and again when the model may have changed): reading this file costs
-//! no round trip to the host, unless an event said the config changed (then
-//! it is read again first). `Status` is `active`, `unresponsive` (the last
+//! no round trip to the host, unless an event said the config changed and
+//! the device is not unresponsive (then it is read again first, see
+//! `NnDevice::refresh`). `Status` is `active`, `unresponsive` (the last
 //! request got no answer before its deadline — e.g. the daemon died — and
 //! none came since), `no model`, `error` or `no device`; `Predictions` counts the successful predictions since the
 //! module was loaded.
