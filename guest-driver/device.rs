@@ -29,13 +29,45 @@ use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::protocol::{self, cfg, DeviceConfig, ResponseHeader};
 use crate::request::{etimedout, Completed, Deadline, Op, Request};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kernel::bindings;
 use kernel::prelude::*;
-use kernel::sync::{new_condvar, new_mutex, Arc, CondVar, CondVarTimeoutResult, Mutex};
+use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::types::Opaque;
+
+/// Whether a message that a request can cause may be printed now: one rate
+/// limit (the kernel's default) for all of them, so that no caller can flood
+/// the log.
+pub(crate) fn ratelimit() -> bool {
+    // SAFETY: No preconditions.
+    unsafe { glue::virtio_nn_ratelimit() }
+}
+
+/// `pr_warn!`, rate-limited by [`ratelimit`].
+macro_rules! warn_ratelimited {
+    ($($arg:tt)*) => {
+        if $crate::device::ratelimit() {
+            pr_warn!($($arg)*);
+        }
+    };
+}
+
+/// `pr_err!`, rate-limited by [`ratelimit`].
+macro_rules! err_ratelimited {
+    ($($arg:tt)*) => {
+        if $crate::device::ratelimit() {
+            pr_err!($($arg)*);
+        }
+    };
+}
 
 /// How often a config read is retried when the generation changed under it.
 const CONFIG_READ_RETRIES: u32 = 5;
+
+/// Least time between config reads that no event asked for (polls of a
+/// device without an event queue whose status is not ready, retries after a
+/// failed read), in ms: each read is ~14 round trips to the host.
+const UNASKED_READ_INTERVAL_MS: u32 = 1000;
 
 /// How often a request is sent again because a newer model generation of
 /// another output width answered it (each time the model was swapped again
@@ -64,6 +96,11 @@ struct ConfigState {
     vdev: *mut bindings::virtio_device,
     /// The config space as last read.
     cfg: DeviceConfig,
+    /// The last config read failed.
+    read_failed: bool,
+    /// Until when reads that no event asked for wait (see
+    /// [`UNASKED_READ_INTERVAL_MS`]).
+    next_unasked_read: Option<Deadline>,
 }
 
 // SAFETY: `vdev` is only used with the lock held, from any thread.
@@ -75,15 +112,26 @@ pub(crate) struct ReqQueue {
     /// The virtqueue.
     #[pin]
     vq: IrqSpinLock<VqState>,
-    /// Notified when the device hands buffers back (room on the queue) and
-    /// when it goes away.
+    /// Woken when the device hands buffers back (room on the queue) and
+    /// when it goes away, after `space_seq` changed.
     #[pin]
-    vq_space: CondVar,
+    vq_space: Opaque<bindings::wait_queue_head>,
+    /// Changed (under or after the queue lock) before each wake-up of
+    /// `vq_space`: a submitter that found the queue full waits, without
+    /// the lock, until it differs from the value it saw under the lock.
+    space_seq: AtomicU32,
     /// The virtqueue, kept for `teardown` after `vq` is cleared.
     raw: AtomicPtr<bindings::virtqueue>,
     /// Requests put on this queue.
     submitted: AtomicU64,
 }
+
+// SAFETY: `vq_space` is a kernel wait queue, which its own spinlock makes
+// safe to use from any thread (as `CondVar`'s); the other fields are a lock
+// and atomics.
+unsafe impl Send for ReqQueue {}
+// SAFETY: See `Send`.
+unsafe impl Sync for ReqQueue {}
 
 impl ReqQueue {
     fn new() -> impl PinInit<Self> {
@@ -91,8 +139,18 @@ impl ReqQueue {
             raw: AtomicPtr::new(ptr::null_mut()),
             submitted: AtomicU64::new(0),
             vq <- new_irq_spinlock!(VqState { vq: ptr::null_mut() }, "virtio_nn_vq"),
-            vq_space <- new_condvar!("virtio_nn_vq_space"),
+            // SAFETY: `slot` is valid for writes and pinned: the wait queue
+            // stays where it is initialised.
+            vq_space <- Opaque::ffi_init(|slot| unsafe { glue::virtio_nn_init_waitqueue_head(slot) }),
+            space_seq: AtomicU32::new(0),
         })
+    }
+
+    /// Wakes the submitters waiting for room (or for the device to go).
+    fn notify_space(&self) {
+        self.space_seq.fetch_add(1, Ordering::Release);
+        // SAFETY: `vq_space` was initialised in `new`.
+        unsafe { glue::virtio_nn_wake_up_all(self.vq_space.get()) };
     }
 }
 
@@ -110,6 +168,7 @@ pub(crate) struct NnDevice {
     /// interrupt, or an answer from another model generation).
     config_stale: AtomicBool,
     /// A lock-free copy of `config.cfg`, for the prediction fast path.
+    #[pin]
     snapshot: ConfigSnapshot,
     /// Set when the device is going away (as `config.vdev` null).
     gone: AtomicBool,
@@ -140,9 +199,17 @@ impl NnDevice {
         pin_init!(Self {
             index,
             queues,
-            config <- new_mutex!(ConfigState { vdev, cfg }, "virtio_nn_config"),
+            config <- new_mutex!(
+                ConfigState {
+                    vdev,
+                    cfg,
+                    read_failed: false,
+                    next_unasked_read: None,
+                },
+                "virtio_nn_config"
+            ),
             config_stale: AtomicBool::new(false),
-            snapshot: ConfigSnapshot::new(&cfg),
+            snapshot <- ConfigSnapshot::new(&cfg),
             gone: AtomicBool::new(false),
             unresponsive: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
@@ -150,20 +217,53 @@ impl NnDevice {
         })
     }
 
-    /// The model description: the cached config, read again first if an
-    /// event said it changed.
+    /// The model description: the cached config, read again first if it
+    /// may have changed (see [`Self::refresh`]).
     pub(crate) fn model_info(&self) -> ModelInfo {
         let mut state = self.config.lock();
-        if !state.vdev.is_null() && self.config_stale.swap(false, Ordering::Relaxed) {
-            match read_config(state.vdev, self.index) {
-                Ok(cfg) => {
-                    state.cfg = cfg;
-                    self.snapshot.store(&cfg);
-                }
-                Err(_) => self.config_stale.store(true, Ordering::Relaxed),
+        // A failed read keeps the config as it was; `model_info` shows that.
+        let _ = self.refresh(&mut state);
+        ModelInfo { cfg: state.cfg }
+    }
+
+    /// Reads the config space again into `state` when it may have changed:
+    /// at once when an event (or an answer from another model) marked it
+    /// stale; without an event queue, while the status is not ready, at most
+    /// every [`UNASKED_READ_INTERVAL_MS`], as are retries after a failed
+    /// read. Never while the device is unresponsive: QEMU 11.1 aborts on a
+    /// config read once its vhost-user backend has died, and any user can
+    /// make a request, or read `model_info`, at any time.
+    fn refresh(&self, state: &mut ConfigState) -> Result {
+        if state.vdev.is_null() {
+            return Err(ENODEV);
+        }
+        if self.unresponsive() {
+            return Ok(());
+        }
+        let stale = self.config_stale.load(Ordering::Relaxed);
+        let poll = state.cfg.status != protocol::DEVICE_STATUS_READY && !self.events.present();
+        if !stale && !poll {
+            return Ok(());
+        }
+        let unasked = !stale || state.read_failed;
+        if unasked && state.next_unasked_read.is_some_and(|d| d.left() > 0) {
+            return Ok(());
+        }
+        self.config_stale.store(false, Ordering::Relaxed);
+        let result = read_config(state.vdev, self.index);
+        state.next_unasked_read = Some(Deadline::after_ms(UNASKED_READ_INTERVAL_MS));
+        state.read_failed = result.is_err();
+        match result {
+            Ok(cfg) => {
+                state.cfg = cfg;
+                self.snapshot.store(&cfg);
+                Ok(())
+            }
+            Err(e) => {
+                self.config_stale.store(true, Ordering::Relaxed);
+                Err(e)
             }
         }
-        ModelInfo { cfg: state.cfg }
     }
 
     /// Whether the last request went unanswered until its deadline (no
@@ -271,9 +371,10 @@ impl NnDevice {
         }
     }
 
-    /// The config space, read again if it may have changed (or, with
-    /// `recheck`, if its generation field changed). Fails with `ENODEV` if
-    /// the device is gone or has no model.
+    /// The config space, read again if it may have changed (see
+    /// [`Self::refresh`]; with `recheck`, also if its generation field
+    /// changed, unless the device is unresponsive). Fails with `ENODEV` if
+    /// the device is gone or has no model, `EIO` if its status is an error.
     pub(crate) fn current_config(&self, recheck: bool) -> Result<DeviceConfig> {
         // Fast path, without the mutex: the config is known and usable.
         if !recheck
@@ -289,23 +390,13 @@ impl NnDevice {
         if state.vdev.is_null() {
             return Err(ENODEV);
         }
-        if recheck && cread(state.vdev, cfg::GENERATION) != state.cfg.generation {
+        if recheck
+            && !self.unresponsive()
+            && cread(state.vdev, cfg::GENERATION) != state.cfg.generation
+        {
             self.config_stale.store(true, Ordering::Relaxed);
         }
-        if self.config_stale.swap(false, Ordering::Relaxed)
-            || state.cfg.status != protocol::DEVICE_STATUS_READY
-        {
-            match read_config(state.vdev, self.index) {
-                Ok(cfg) => {
-                    state.cfg = cfg;
-                    self.snapshot.store(&cfg);
-                }
-                Err(e) => {
-                    self.config_stale.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        }
+        self.refresh(&mut state)?;
         match state.cfg.status {
             protocol::DEVICE_STATUS_READY => Ok(state.cfg),
             protocol::DEVICE_STATUS_NO_MODEL => Err(ENODEV),
@@ -322,12 +413,24 @@ impl NnDevice {
     }
 
     /// Puts `req` on the calling CPU's request queue and notifies the
-    /// device. Waits (until `deadline`, interruptibly) while the queue is
-    /// full.
+    /// device. Fails with `ETIMEDOUT` at once if `deadline` has passed;
+    /// waits (until `deadline`; only a fatal signal interrupts it) while the
+    /// queue is full.
+    ///
+    /// The notification (a VM exit) is prepared under the queue lock and
+    /// sent after it is released, with interrupts enabled; an RCU read-side
+    /// section keeps the virtqueue alive until then (`teardown` waits for a
+    /// grace period before it deletes the queues).
     fn submit(&self, req: &Arc<Request>, deadline: &Deadline) -> Result {
         let q = self.my_queue();
-        let mut state = q.vq.lock();
         loop {
+            // The deadline first: a call whose time is up queues nothing.
+            let left = deadline.left();
+            if left == 0 {
+                return Err(etimedout());
+            }
+            let rcu = RcuReadLock::new();
+            let state = q.vq.lock();
             if state.vq.is_null() {
                 return Err(ENODEV);
             }
@@ -359,9 +462,19 @@ impl NnDevice {
                 )
             };
             if ret == 0 {
+                let vq = state.vq;
                 // SAFETY: As above.
-                unsafe { bindings::virtqueue_kick(state.vq) };
+                let notify = unsafe { bindings::virtqueue_kick_prepare(vq) };
                 q.submitted.fetch_add(1, Ordering::Relaxed);
+                drop(state);
+                if notify {
+                    // SAFETY: `vq` was live under the lock, and `teardown`
+                    // deletes it only after an RCU grace period that follows
+                    // its clearing of `state.vq`, so it is still live inside
+                    // this read-side section (`rcu`, not dropped yet).
+                    unsafe { bindings::virtqueue_notify(vq) };
+                }
+                drop(rcu);
                 return Ok(());
             }
             // SAFETY: The token was not added, so its reference is still ours.
@@ -369,17 +482,26 @@ impl NnDevice {
             if ret != ENOSPC.to_errno() {
                 return Err(Error::from_errno(ret));
             }
-            let left = deadline.left();
-            if left == 0 {
-                return Err(etimedout());
+            // Read under the lock: any buffer handed back after this point
+            // changes it.
+            let seen = q.space_seq.load(Ordering::Acquire);
+            drop(state);
+            drop(rcu);
+            // SAFETY: `vq_space` was initialised in `new`; `space_seq` is a
+            // live `u32`; `left` is positive.
+            let ret = unsafe {
+                glue::virtio_nn_wait_seq_killable(
+                    q.vq_space.get(),
+                    q.space_seq.as_ptr(),
+                    seen,
+                    left,
+                )
+            };
+            if ret < 0 {
+                return Err(EINTR);
             }
-            match q
-                .vq_space
-                .wait_interruptible_timeout(&mut state, left as kernel::time::Jiffies)
-            {
-                CondVarTimeoutResult::Woken { .. } => continue,
-                CondVarTimeoutResult::Timeout => return Err(etimedout()),
-                CondVarTimeoutResult::Signal { .. } => return Err(EINTR),
+            if ret == 0 {
+                return Err(etimedout());
             }
         }
     }
@@ -398,7 +520,7 @@ impl NnDevice {
     ) -> Result<Option<(KVec<i32>, u32)>> {
         let resp = done.response();
         let Some(header) = resp.first_chunk::<{ ResponseHeader::SIZE }>() else {
-            pr_warn!(
+            warn_ratelimited!(
                 "virtio{}: short answer ({} bytes)\n",
                 self.index,
                 resp.len()
@@ -412,7 +534,7 @@ impl NnDevice {
             self.config_stale.store(true, Ordering::Relaxed);
         }
         if header.id != id {
-            pr_warn!(
+            warn_ratelimited!(
                 "virtio{}: answer id {} for request {}\n",
                 self.index,
                 header.id,
@@ -440,7 +562,7 @@ impl NnDevice {
             return Ok(None);
         }
         if !samples_ok || header.out_dim as usize != out_dim {
-            pr_warn!(
+            warn_ratelimited!(
                 "virtio{}: answer has {} samples of {} values, expected {} of {}\n",
                 self.index,
                 header.num_samples,
@@ -453,7 +575,7 @@ impl NnDevice {
         let total = num_samples * out_dim;
         let payload = &resp[ResponseHeader::SIZE..];
         if payload.len() < total * 4 {
-            pr_warn!(
+            warn_ratelimited!(
                 "virtio{}: short answer ({} bytes)\n",
                 self.index,
                 resp.len()
@@ -501,7 +623,7 @@ impl NnDevice {
             }
         }
         if any {
-            q.vq_space.notify_all();
+            q.notify_space();
         }
     }
 
@@ -517,8 +639,13 @@ impl NnDevice {
         for q in self.queues.iter() {
             q.vq.lock().vq = ptr::null_mut();
             // Submitters waiting for room see the device gone.
-            q.vq_space.notify_all();
+            q.notify_space();
         }
+        // Submitters notify the device after the queue lock, inside an RCU
+        // read-side section: wait for them before the queues go.
+        // SAFETY: No preconditions; may sleep (process context: remove or
+        // a failed probe).
+        unsafe { bindings::synchronize_rcu() };
         let event_vq = self.events.stop();
         // SAFETY: `vdev` is valid (caller). After the reset the device uses
         // no buffer and no callback runs any more.
@@ -585,7 +712,7 @@ fn read_config(vdev: *mut bindings::virtio_device, index: u32) -> Result<DeviceC
         ..Default::default()
     };
     if c.magic != protocol::CONFIG_MAGIC || c.version != protocol::PROTOCOL_VERSION {
-        pr_err!(
+        err_ratelimited!(
             "virtio{}: not a virtio-nn v{} device (magic {:#x}, version {})\n",
             index,
             protocol::PROTOCOL_VERSION,
@@ -610,11 +737,29 @@ fn read_config(vdev: *mut bindings::virtio_device, index: u32) -> Result<DeviceC
             continue;
         }
         if let Err(e) = c.validate() {
-            pr_err!("virtio{}: bad config space: {:?}\n", index, e);
+            err_ratelimited!("virtio{}: bad config space: {:?}\n", index, e);
             return Err(EIO);
         }
         return Ok(c);
     }
-    pr_err!("virtio{}: config space keeps changing\n", index);
+    err_ratelimited!("virtio{}: config space keeps changing\n", index);
     Err(EAGAIN)
+}
+
+/// An RCU read-side critical section, ended on drop.
+struct RcuReadLock;
+
+impl RcuReadLock {
+    fn new() -> Self {
+        // SAFETY: No preconditions; ended in `drop`.
+        unsafe { glue::virtio_nn_rcu_read_lock() };
+        Self
+    }
+}
+
+impl Drop for RcuReadLock {
+    fn drop(&mut self) {
+        // SAFETY: Begun in `new`.
+        unsafe { glue::virtio_nn_rcu_read_unlock() };
+    }
 }

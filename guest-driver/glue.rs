@@ -67,6 +67,42 @@ extern "C" {
     /// `spin_unlock_irqrestore()`.
     pub(crate) fn virtio_nn_spin_unlock_irqrestore(lock: *mut bindings::spinlock_t, flags: c_ulong);
 
+    /// `seqlock_init()`.
+    pub(crate) fn virtio_nn_seqlock_init(sl: *mut bindings::seqlock_t);
+
+    /// `write_seqlock()`: takes the lock, disables preemption, makes the
+    /// sequence odd.
+    pub(crate) fn virtio_nn_write_seqlock(sl: *mut bindings::seqlock_t);
+
+    /// `write_sequnlock()`.
+    pub(crate) fn virtio_nn_write_sequnlock(sl: *mut bindings::seqlock_t);
+
+    /// `read_seqbegin()`: waits while a write is in progress.
+    pub(crate) fn virtio_nn_read_seqbegin(sl: *const bindings::seqlock_t) -> c_uint;
+
+    /// `read_seqretry()`: whether a write happened since `start`.
+    pub(crate) fn virtio_nn_read_seqretry(sl: *const bindings::seqlock_t, start: c_uint) -> bool;
+
+    /// `init_waitqueue_head()`.
+    pub(crate) fn virtio_nn_init_waitqueue_head(wq: *mut bindings::wait_queue_head);
+
+    /// `wake_up_all()`.
+    pub(crate) fn virtio_nn_wake_up_all(wq: *mut bindings::wait_queue_head);
+
+    /// `wait_event_killable_timeout(*wq, READ_ONCE(*seq) != seen, timeout)`:
+    /// positive once `*seq` differs from `seen`, 0 on timeout,
+    /// `-ERESTARTSYS` on a fatal signal.
+    pub(crate) fn virtio_nn_wait_seq_killable(
+        wq: *mut bindings::wait_queue_head,
+        seq: *const u32,
+        seen: u32,
+        timeout: c_long,
+    ) -> c_long;
+
+    /// `__ratelimit()` of the driver's one rate limit for messages a
+    /// request can cause: whether to print.
+    pub(crate) fn virtio_nn_ratelimit() -> bool;
+
     /// `rcu_read_lock()`.
     pub(crate) fn virtio_nn_rcu_read_lock();
 

@@ -3,7 +3,8 @@
 //! The health check: `/sys/kernel/neural_network/health`.
 //!
 //! Every `health_interval_ms` (module parameter, default 60000; 0 stops
-//! it, from the next run on) a delayed work item (in the C glue) runs a
+//! it, from the next run on) a delayed work item (in the C glue, on
+//! `system_long_wq`: a check may wait up to 5 s) runs a
 //! prediction with all-zero inputs (never answered from the result cache)
 //! and reads the device status; writing
 //! anything to `health` runs one check at once. The result goes to `health`

@@ -93,9 +93,11 @@ pub(crate) struct Request {
     /// The id in the request header, echoed by the device.
     id: u64,
     /// The device-readable part (`readable_len` bytes), then the
-    /// device-writable part. Only accessed through raw pointers while the
-    /// device owns it, and read by the driver only after `done`.
-    buf: KVec<u8>,
+    /// device-writable part. The device writes the latter while the driver
+    /// holds shared references to the request, so each byte is an
+    /// [`Opaque`] (interior mutability); the driver reads it only after
+    /// `done`.
+    buf: KVec<Opaque<u8>>,
     /// Length of the device-readable part.
     readable_len: usize,
     /// Bytes the device wrote into the writable part (the used length).
@@ -137,6 +139,12 @@ impl Request {
             buf.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL)?;
         }
         buf.extend_with(writable_len, 0, GFP_KERNEL)?;
+        let (ptr, len, cap) = buf.into_raw_parts();
+        // SAFETY: `ptr`, `len` and `cap` come from `into_raw_parts` of a
+        // `KVec` of the same allocator, and `Opaque<u8>` has the layout of
+        // `u8` (`repr(transparent)` over `UnsafeCell<MaybeUninit<u8>>`); the
+        // `len` bytes are initialised.
+        let buf = unsafe { KVec::<Opaque<u8>>::from_raw_parts(ptr.cast(), len, cap) };
         Arc::pin_init(
             pin_init!(Self {
                 // SAFETY: `slot` is valid for writes and pinned: the
@@ -154,14 +162,18 @@ impl Request {
 
     /// Address and length of the device-readable part.
     pub(crate) fn readable(&self) -> (*const u8, usize) {
-        (self.buf.as_ptr(), self.readable_len)
+        (self.buf.as_ptr().cast::<u8>(), self.readable_len)
     }
 
-    /// Address and length of the device-writable part.
-    pub(crate) fn writable(&self) -> (*const u8, usize) {
+    /// Address and length of the device-writable part. The device may
+    /// write through it while shared references exist: the bytes are
+    /// [`Opaque`].
+    pub(crate) fn writable(&self) -> (*mut u8, usize) {
+        // `Opaque::raw_get` keeps the provenance of the whole buffer.
+        let start = Opaque::raw_get(self.buf.as_ptr());
         // SAFETY: `readable_len <= buf.len()`, so the result is within (or one
         // past the end of) the allocation.
-        let start = unsafe { self.buf.as_ptr().add(self.readable_len) };
+        let start = unsafe { start.add(self.readable_len) };
         (start, self.buf.len() - self.readable_len)
     }
 
@@ -223,9 +235,10 @@ impl Request {
     }
 }
 
-// SAFETY: The buffers are only read through `Completed`, which exists only
-// once the device is done with them; everything else is immutable, atomic or
-// the completion, which has its own locking.
+// SAFETY: The device writes the buffer's writable part, whose bytes are
+// `Opaque`, and the driver reads it only through `Completed`, which exists
+// only once the device is done with it; everything else is immutable, atomic
+// or the completion, which has its own locking.
 unsafe impl Send for Request {}
 // SAFETY: See `Send`.
 unsafe impl Sync for Request {}
@@ -239,7 +252,10 @@ impl Completed<'_> {
     /// The bytes the device wrote: the response header and the outputs.
     pub(crate) fn response(&self) -> &[u8] {
         let used = self.req.used_len.load(Ordering::Acquire) as usize;
-        let writable = &self.req.buf[self.req.readable_len..];
-        &writable[..used.min(writable.len())]
+        let (start, len) = self.req.writable();
+        // SAFETY: The `len` bytes at `start` are initialised (zeroed in
+        // `new`, then written by the device) and, the request being complete,
+        // nothing writes them any more while `self` borrows the request.
+        unsafe { core::slice::from_raw_parts(start, used.min(len)) }
     }
 }

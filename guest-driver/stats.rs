@@ -7,12 +7,12 @@
 //! microseconds, from which the percentiles are estimated:
 //!
 //! ```text
+//! Cache hits: 3
+//! Cache misses: 117
+//! Errors: 2
 //! requests: 120
 //! samples: 1020
-//! errors: 2
 //! timeouts: 1
-//! cache_hits: 3
-//! cache_misses: 117
 //! cache_fallbacks: 0
 //! cache_entries: 12
 //! latency_min_us: 180
@@ -24,11 +24,12 @@
 //! resends: 0
 //! ```
 //!
-//! `requests` counts successful device requests (a batch is one request of
-//! many `samples`); `errors` failed ones (including `timeouts`). Answers
-//! from the result cache (`cache_hits`, and `cache_fallbacks`: timed-out
-//! requests answered from an expired entry) are not requests; they count in
-//! `model_info`'s `Predictions`. The
+//! The first three lines are the seed's, spelled as it spells them; the
+//! others follow. `requests` counts successful device requests (a batch is
+//! one request of many `samples`); `Errors` failed ones (including
+//! `timeouts`). Answers from the result cache (`Cache hits`, and
+//! `cache_fallbacks`: timed-out requests answered from an expired entry)
+//! are not requests; they count in `model_info`'s `Predictions`. The
 //! latencies are those of successful requests; the percentiles are upper
 //! bounds of their histogram bucket (powers of two). `resends` counts
 //! requests sent again because a model of another output width, swapped in
@@ -145,15 +146,15 @@ impl Stats {
         let avg = r(&self.lat_sum_ns).checked_div(total).unwrap_or(0);
         write!(
             w,
-            "requests: {}\nsamples: {}\nerrors: {}\ntimeouts: {}\ncache_hits: {}\n\
-             cache_misses: {}\ncache_fallbacks: {}\ncache_entries: {}\nlatency_min_us: {}\nlatency_avg_us: {}\nlatency_max_us: {}\n\
+            "Cache hits: {}\nCache misses: {}\nErrors: {}\nrequests: {}\nsamples: {}\ntimeouts: {}\n\
+             cache_fallbacks: {}\ncache_entries: {}\nlatency_min_us: {}\nlatency_avg_us: {}\nlatency_max_us: {}\n\
              latency_p50_us: {}\nlatency_p90_us: {}\nlatency_p99_us: {}\nresends: {}\n",
-            r(&self.requests),
-            r(&self.samples),
-            r(&self.errors),
-            r(&self.timeouts),
             r(&self.cache_hits),
             r(&self.cache_misses),
+            r(&self.errors),
+            r(&self.requests),
+            r(&self.samples),
+            r(&self.timeouts),
             r(&self.cache_fallbacks),
             cache_entries,
             min / 1000,

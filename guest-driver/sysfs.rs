@@ -6,8 +6,8 @@
 //! ```text
 //! Model: 16x32x4
 //! Status: active
-//! Generation: 1
 //! Predictions: 42
+//! Generation: 1
 //! Input: 16
 //! Output: 4
 //! Layers: 2
@@ -18,8 +18,9 @@
 //!
 //! The values come from the config space as last read by the driver (at
 //! probe, and again when the model may have changed): reading this file costs
-//! no round trip to the host, unless an event said the config changed (then
-//! it is read again first). `Status` is `active`, `unresponsive` (the last
+//! no round trip to the host, unless an event said the config changed and
+//! the device is not unresponsive (then it is read again first, see
+//! `NnDevice::refresh`). `Status` is `active`, `unresponsive` (the last
 //! request got no answer before its deadline — e.g. the daemon died — and
 //! none came since), `no model`, `error` or `no device`; `Predictions` counts the successful predictions since the
 //! module was loaded.
@@ -30,10 +31,10 @@ use crate::protocol::{self, DeviceConfig};
 use core::fmt::{self, Write};
 use core::sync::atomic::Ordering;
 use kernel::bindings;
-use kernel::ffi::c_char;
+use kernel::ffi::{c_char, c_int};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
-use kernel::sync::Arc;
+use kernel::sync::{Arc, ArcBorrow};
 use kernel::{c_str, error::from_result};
 
 /// Shows the layer widths of a model, e.g. `16x32x4`.
@@ -120,22 +121,25 @@ impl Write for SliceWriter<'_> {
     }
 }
 
+/// The status of `dev` with config `cfg` as `model_info` shows it.
+fn status_of(dev: &NnDevice, cfg: &DeviceConfig) -> &'static str {
+    match cfg.status {
+        protocol::DEVICE_STATUS_READY if dev.unresponsive() => "unresponsive",
+        protocol::DEVICE_STATUS_READY => "active",
+        protocol::DEVICE_STATUS_NO_MODEL => "no model",
+        _ => "error",
+    }
+}
+
 /// The device status as `model_info` shows it, the cached config (default
 /// without a device) and the device.
 fn device_state() -> Result<(&'static str, DeviceConfig, Option<Arc<NnDevice>>)> {
     let globals = crate::globals()?;
-    let device = globals.current_device();
-    let dev = device.clone();
-    let cfg = device.map(|d| d.model_info().cfg);
-    let unresponsive = dev.as_ref().is_some_and(|d| d.unresponsive());
-    let status = match cfg.map(|c| c.status) {
-        None => "no device",
-        Some(protocol::DEVICE_STATUS_READY) if unresponsive => "unresponsive",
-        Some(protocol::DEVICE_STATUS_READY) => "active",
-        Some(protocol::DEVICE_STATUS_NO_MODEL) => "no model",
-        Some(_) => "error",
+    let Some(dev) = globals.current_device() else {
+        return Ok(("no device", DeviceConfig::default(), None));
     };
-    Ok((status, cfg.unwrap_or_default(), dev))
+    let cfg = dev.model_info().cfg;
+    Ok((status_of(&dev, &cfg), cfg, Some(dev)))
 }
 
 fn model_info(out: &mut [u8]) -> Result<isize> {
@@ -146,12 +150,12 @@ fn model_info(out: &mut [u8]) -> Result<isize> {
     let mut w = SliceWriter { buf: out, len: 0 };
     write!(
         w,
-        "Model: {}\nStatus: {}\nGeneration: {}\nPredictions: {}\nInput: {}\nOutput: {}\n\
+        "Model: {}\nStatus: {}\nPredictions: {}\nGeneration: {}\nInput: {}\nOutput: {}\n\
          Layers: {}\nMax batch: {}\nQueues: {}\n",
         ModelName(&cfg),
         status,
-        cfg.generation,
         globals.predictions.load(Ordering::Relaxed),
+        cfg.generation,
         if has_model { cfg.input_dim() } else { 0 },
         if has_model { cfg.output_dim() } else { 0 },
         if has_model { cfg.num_layers } else { 0 },
@@ -203,4 +207,50 @@ pub(crate) extern "C" fn virtio_nn_model_info_show(buf: *mut c_char) -> isize {
     // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
     let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), PAGE_SIZE) };
     from_result(|| model_info(out))
+}
+
+// The files of the device's own sysfs directory; the values of
+// `enum virtio_nn_dev_attr` in `virtio_nn_glue.h`.
+const ATTR_GENERATION: c_int = 0;
+const ATTR_STATUS: c_int = 1;
+const ATTR_INPUT_DIM: c_int = 2;
+const ATTR_OUTPUT_DIM: c_int = 3;
+const ATTR_NUM_LAYERS: c_int = 4;
+const ATTR_MAX_BATCH: c_int = 5;
+const ATTR_QUEUES: c_int = 6;
+
+/// `show` of the one-value files in
+/// `/sys/bus/virtio/devices/virtioN/neural_network/`: `generation`,
+/// `status`, `input_dim`, `output_dim`, `num_layers`, `max_batch`,
+/// `queues`, each one value and `\n`, as in `model_info`.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_dev_attr_show(
+    vdev: *mut bindings::virtio_device,
+    attr: c_int,
+    buf: *mut c_char,
+) -> isize {
+    // SAFETY: sysfs passes a page-sized buffer that is ours during the call.
+    let out = unsafe { core::slice::from_raw_parts_mut(buf.cast::<u8>(), PAGE_SIZE) };
+    // SAFETY: The driver core adds these files only after a successful probe
+    // and removes them (waiting for running `show` calls) before `remove`, so
+    // `vdev` is bound and its `priv` holds the reference that probe took with
+    // `Arc::into_raw`.
+    let dev = unsafe { ArcBorrow::<NnDevice>::from_raw((*vdev).priv_.cast()) };
+    from_result(|| {
+        let cfg = dev.model_info().cfg;
+        let has_model = cfg.status == protocol::DEVICE_STATUS_READY;
+        let mut w = SliceWriter { buf: out, len: 0 };
+        let r = match attr {
+            ATTR_GENERATION => writeln!(w, "{}", cfg.generation),
+            ATTR_STATUS => writeln!(w, "{}", status_of(&dev, &cfg)),
+            ATTR_INPUT_DIM => writeln!(w, "{}", if has_model { cfg.input_dim() } else { 0 }),
+            ATTR_OUTPUT_DIM => writeln!(w, "{}", if has_model { cfg.output_dim() } else { 0 }),
+            ATTR_NUM_LAYERS => writeln!(w, "{}", if has_model { cfg.num_layers } else { 0 }),
+            ATTR_MAX_BATCH => writeln!(w, "{}", cfg.max_batch),
+            ATTR_QUEUES => writeln!(w, "{}", dev.num_queues()),
+            _ => return Err(EINVAL),
+        };
+        r.map_err(|_| EINVAL)?;
+        Ok(w.len as isize)
+    })
 }

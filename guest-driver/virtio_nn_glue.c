@@ -26,7 +26,9 @@
 #include <linux/moduleparam.h>
 #include <linux/pid.h>
 #include <linux/proc_fs.h>
+#include <linux/ratelimit.h>
 #include <linux/rcupdate.h>
+#include <linux/seqlock.h>
 #include <linux/sched.h>
 #include <linux/shrinker.h>
 #include <linux/sched/signal.h>
@@ -35,6 +37,7 @@
 #include <linux/sysfs.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/wait.h>
 #include <linux/workqueue.h>
 
 #include "virtio_nn_glue.h"
@@ -108,8 +111,56 @@ static const unsigned int virtio_nn_features[] = {
 	VIRTIO_F_VERSION_1,
 };
 
+/*
+ * One value per file under the device's own sysfs directory, as sysfs
+ * convention asks: /sys/bus/virtio/devices/virtioN/neural_network/ (a named
+ * group, because the virtio core already has a "status" file there). The
+ * driver core adds the group after a successful probe and removes it
+ * (waiting for running shows) before remove, so vdev->priv holds the bound
+ * device while a show runs.
+ */
+#define VIRTIO_NN_DEV_ATTR(_name, _which)				\
+static ssize_t virtio_nn_##_name##_show(struct device *dev,		\
+					struct device_attribute *attr,	\
+					char *buf)			\
+{									\
+	return virtio_nn_dev_attr_show(dev_to_virtio(dev), _which, buf);	\
+}									\
+static struct device_attribute virtio_nn_dev_attr_##_name =		\
+	__ATTR(_name, 0444, virtio_nn_##_name##_show, NULL)
+
+VIRTIO_NN_DEV_ATTR(generation, VIRTIO_NN_ATTR_GENERATION);
+VIRTIO_NN_DEV_ATTR(status, VIRTIO_NN_ATTR_STATUS);
+VIRTIO_NN_DEV_ATTR(input_dim, VIRTIO_NN_ATTR_INPUT_DIM);
+VIRTIO_NN_DEV_ATTR(output_dim, VIRTIO_NN_ATTR_OUTPUT_DIM);
+VIRTIO_NN_DEV_ATTR(num_layers, VIRTIO_NN_ATTR_NUM_LAYERS);
+VIRTIO_NN_DEV_ATTR(max_batch, VIRTIO_NN_ATTR_MAX_BATCH);
+VIRTIO_NN_DEV_ATTR(queues, VIRTIO_NN_ATTR_QUEUES);
+
+static struct attribute *virtio_nn_dev_attrs[] = {
+	&virtio_nn_dev_attr_generation.attr,
+	&virtio_nn_dev_attr_status.attr,
+	&virtio_nn_dev_attr_input_dim.attr,
+	&virtio_nn_dev_attr_output_dim.attr,
+	&virtio_nn_dev_attr_num_layers.attr,
+	&virtio_nn_dev_attr_max_batch.attr,
+	&virtio_nn_dev_attr_queues.attr,
+	NULL,
+};
+
+static const struct attribute_group virtio_nn_dev_group = {
+	.name = "neural_network",
+	.attrs = virtio_nn_dev_attrs,
+};
+
+static const struct attribute_group *virtio_nn_dev_groups[] = {
+	&virtio_nn_dev_group,
+	NULL,
+};
+
 static struct virtio_driver virtio_nn_driver = {
 	.driver.name = KBUILD_MODNAME,
+	.driver.dev_groups = virtio_nn_dev_groups,
 	.id_table = virtio_nn_id_table,
 	.feature_table = virtio_nn_features,
 	.feature_table_size = ARRAY_SIZE(virtio_nn_features),
@@ -175,6 +226,66 @@ unsigned long virtio_nn_spin_lock_irqsave(spinlock_t *lock)
 void virtio_nn_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 {
 	spin_unlock_irqrestore(lock, flags);
+}
+
+void virtio_nn_init_waitqueue_head(struct wait_queue_head *wq)
+{
+	init_waitqueue_head(wq);
+}
+
+void virtio_nn_wake_up_all(struct wait_queue_head *wq)
+{
+	wake_up_all(wq);
+}
+
+/*
+ * Sleeps until *@seq differs from @seen, at most @timeout jiffies; only a
+ * fatal signal interrupts the sleep. Returns > 0 if it differs, 0 on
+ * timeout, -ERESTARTSYS on a fatal signal.
+ */
+long virtio_nn_wait_seq_killable(struct wait_queue_head *wq, const u32 *seq,
+				 u32 seen, long timeout)
+{
+	return wait_event_killable_timeout(*wq, READ_ONCE(*seq) != seen,
+					   timeout);
+}
+
+/*
+ * One rate limit (the kernel's default: 10 messages per 5 s) for the
+ * driver's messages that a request can cause.
+ */
+bool virtio_nn_ratelimit(void)
+{
+	static DEFINE_RATELIMIT_STATE(rs, DEFAULT_RATELIMIT_INTERVAL,
+				      DEFAULT_RATELIMIT_BURST);
+
+	return __ratelimit(&rs);
+}
+
+/* The lock-free config copy (config_snap.rs). */
+void virtio_nn_seqlock_init(seqlock_t *sl)
+{
+	seqlock_init(sl);
+}
+
+void virtio_nn_write_seqlock(seqlock_t *sl)
+{
+	write_seqlock(sl);
+}
+
+void virtio_nn_write_sequnlock(seqlock_t *sl)
+{
+	write_sequnlock(sl);
+}
+
+unsigned int virtio_nn_read_seqbegin(const seqlock_t *sl)
+{
+	return read_seqbegin(sl);
+}
+
+bool virtio_nn_read_seqretry(const seqlock_t *sl, unsigned int start)
+{
+	return read_seqretry(sl, start);
 }
 
 void virtio_nn_rcu_read_lock(void)
@@ -279,8 +390,8 @@ static void virtio_nn_health_fn(struct work_struct *work)
 	virtio_nn_health_run();
 	ms = READ_ONCE(health_interval_ms);
 	if (ms)
-		schedule_delayed_work(&virtio_nn_health_work,
-				      msecs_to_jiffies(ms));
+		queue_delayed_work(system_long_wq, &virtio_nn_health_work,
+				   msecs_to_jiffies(ms));
 }
 
 void virtio_nn_health_start(void)
@@ -289,8 +400,8 @@ void virtio_nn_health_start(void)
 
 	INIT_DELAYED_WORK(&virtio_nn_health_work, virtio_nn_health_fn);
 	if (ms)
-		schedule_delayed_work(&virtio_nn_health_work,
-				      msecs_to_jiffies(ms));
+		queue_delayed_work(system_long_wq, &virtio_nn_health_work,
+				   msecs_to_jiffies(ms));
 }
 
 /* Cancels the check and waits for a running one (it cannot re-arm). */

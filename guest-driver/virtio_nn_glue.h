@@ -7,6 +7,7 @@
 #ifndef VIRTIO_NN_GLUE_H
 #define VIRTIO_NN_GLUE_H
 
+#include <linux/seqlock_types.h>
 #include <linux/spinlock_types.h>
 #include <linux/types.h>
 
@@ -18,6 +19,7 @@ struct proc_ops;
 struct virtio_device;
 struct virtqueue;
 struct virtqueue_info;
+struct wait_queue_head;
 
 /* --- Callbacks implemented in Rust ------------------------------------ */
 
@@ -42,6 +44,18 @@ ssize_t virtio_nn_dev_write(struct file *file, const char __user *buf,
 			    size_t count, loff_t *pos);
 
 ssize_t virtio_nn_model_info_show(char *buf);
+/* The one-value files of the device's own sysfs directory (@attr: below). */
+enum virtio_nn_dev_attr {
+	VIRTIO_NN_ATTR_GENERATION,
+	VIRTIO_NN_ATTR_STATUS,
+	VIRTIO_NN_ATTR_INPUT_DIM,
+	VIRTIO_NN_ATTR_OUTPUT_DIM,
+	VIRTIO_NN_ATTR_NUM_LAYERS,
+	VIRTIO_NN_ATTR_MAX_BATCH,
+	VIRTIO_NN_ATTR_QUEUES,
+};
+ssize_t virtio_nn_dev_attr_show(struct virtio_device *vdev, int attr,
+				char *buf);
 unsigned long virtio_nn_cache_count(void);
 unsigned long virtio_nn_cache_scan(unsigned long nr);
 ssize_t virtio_nn_performance_show(char *buf);
@@ -67,6 +81,16 @@ void virtio_nn_init_completion(struct completion *x);
 unsigned long virtio_nn_spin_lock_irqsave(spinlock_t *lock);
 void virtio_nn_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 int virtio_nn_current_session(void);
+void virtio_nn_init_waitqueue_head(struct wait_queue_head *wq);
+void virtio_nn_wake_up_all(struct wait_queue_head *wq);
+long virtio_nn_wait_seq_killable(struct wait_queue_head *wq, const u32 *seq,
+				 u32 seen, long timeout);
+bool virtio_nn_ratelimit(void);
+void virtio_nn_seqlock_init(seqlock_t *sl);
+void virtio_nn_write_seqlock(seqlock_t *sl);
+void virtio_nn_write_sequnlock(seqlock_t *sl);
+unsigned int virtio_nn_read_seqbegin(const seqlock_t *sl);
+bool virtio_nn_read_seqretry(const seqlock_t *sl, unsigned int start);
 void virtio_nn_rcu_read_lock(void);
 void virtio_nn_rcu_read_unlock(void);
 void *virtio_nn_pde_data(const struct inode *inode);

@@ -105,8 +105,9 @@ pub(crate) struct Globals {
     /// [`Globals::current`] without taking a lock.
     #[pin]
     device: Mutex<Option<Arc<NnDevice>>>,
-    /// The device of `device` (or null), read under RCU: remove clears it,
-    /// waits for an RCU grace period, then drops the reference.
+    /// The device of `device` (or null), read under RCU: a reference of its
+    /// own, from `Arc::into_raw`; remove clears it, waits for an RCU grace
+    /// period, then drops that reference.
     current: AtomicPtr<NnDevice>,
     /// The last answer per session, for `predict` and for `predict_q16`.
     #[pin]
@@ -127,10 +128,10 @@ impl Globals {
         let dev = if p.is_null() {
             None
         } else {
-            // SAFETY: A non-null `current` comes from the `Arc` in `device`,
-            // which is dropped only after `current` is cleared and an RCU
-            // grace period has passed, so its count is not zero inside this
-            // read-side section.
+            // SAFETY: A non-null `current` comes from `Arc::into_raw` (in
+            // `publish`), and that reference is dropped (`unpublish`) only
+            // after `current` is cleared and an RCU grace period has passed,
+            // so it is live inside this read-side section.
             Some(unsafe { ArcBorrow::from_raw(p) }.into())
         };
         // SAFETY: Locked above.
@@ -152,23 +153,28 @@ impl Globals {
         }
         *current = Some(dev.clone());
         self.current
-            .store(ptr::from_ref::<NnDevice>(dev).cast_mut(), Ordering::Release);
+            .store(Arc::into_raw(dev.clone()).cast_mut(), Ordering::Release);
         true
     }
 
     /// Unbinds `dev` if it is the bound device; waits until no
     /// [`Globals::current_device`] call can still see it.
     pub(crate) fn unpublish(&self, dev: &Arc<NnDevice>) {
-        let old = {
+        let (old, raw) = {
             let mut current = self.device.lock();
             if !current.as_ref().is_some_and(|d| Arc::ptr_eq(d, dev)) {
                 return;
             }
-            self.current.store(ptr::null_mut(), Ordering::Release);
-            current.take()
+            let raw = self.current.swap(ptr::null_mut(), Ordering::AcqRel);
+            (current.take(), raw)
         };
         // SAFETY: No preconditions; may sleep (process context: remove).
         unsafe { bindings::synchronize_rcu() };
+        if !raw.is_null() {
+            // SAFETY: `raw` is the reference `publish` made with
+            // `Arc::into_raw`; no reader can see it after the grace period.
+            drop(unsafe { Arc::from_raw(raw) });
+        }
         drop(old);
     }
 }

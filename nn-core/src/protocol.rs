@@ -347,6 +347,8 @@ pub enum ConfigError {
     BadLayers(u32),
     /// A used dim is 0 or above [`MAX_DIM`].
     BadDim(u32),
+    /// `max_batch` is 0 or above [`MAX_BATCH`].
+    BadMaxBatch(u32),
 }
 
 impl DeviceConfig {
@@ -393,7 +395,13 @@ impl DeviceConfig {
         if self.version != PROTOCOL_VERSION {
             return Err(ConfigError::BadVersion(self.version));
         }
-        if self.status == DEVICE_STATUS_NO_MODEL {
+        if self.max_batch == 0 || self.max_batch > MAX_BATCH {
+            return Err(ConfigError::BadMaxBatch(self.max_batch));
+        }
+        // No model, or a failing device that has none: no layers to check.
+        if self.status == DEVICE_STATUS_NO_MODEL
+            || (self.status == DEVICE_STATUS_ERROR && self.num_layers == 0)
+        {
             return Ok(());
         }
         if self.num_layers == 0 || self.num_layers as usize > MAX_LAYERS {
@@ -507,6 +515,22 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::BadDim(0)));
         c.num_layers = 8;
         assert_eq!(c.validate(), Err(ConfigError::BadLayers(8)));
+        c.num_layers = 2;
+        c.dims[2] = 4;
+        c.max_batch = 0;
+        assert_eq!(c.validate(), Err(ConfigError::BadMaxBatch(0)));
+        c.max_batch = MAX_BATCH + 1;
+        assert_eq!(c.validate(), Err(ConfigError::BadMaxBatch(MAX_BATCH + 1)));
+        c.max_batch = MAX_BATCH;
+        assert_eq!(c.validate(), Ok(()));
+        // A failing device without a model is a valid config; with layers,
+        // they are checked.
+        c.status = DEVICE_STATUS_ERROR;
+        c.num_layers = 0;
+        assert_eq!(c.validate(), Ok(()));
+        c.num_layers = 8;
+        assert_eq!(c.validate(), Err(ConfigError::BadLayers(8)));
+        c.num_layers = 2;
         c.magic = 0;
         assert_eq!(c.validate(), Err(ConfigError::BadMagic(0)));
     }

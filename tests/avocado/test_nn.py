@@ -332,7 +332,11 @@ class Functional(NNTest):
         self.assertEqual(int(info["Layers"]), len(st["model"]["dims"]) - 1)
         self.assertEqual(int(info["Generation"]), st["generation"])
         self.assertEqual(int(info["Queues"]), self.queues)
+        # the seed's lines first, as the seed spells them
+        self.assertEqual(list(info)[:3], ["Model", "Status", "Predictions"], "model_info order")
         perf = g.kv(PERF)
+        self.assertEqual(list(perf)[:3], ["Cache hits", "Cache misses", "Errors"],
+                         "performance order")
         for k, v in perf.items():
             self.assertRegex(v, r"^\d+$", f"performance {k}")
         self.assertGreaterEqual(int(perf["requests"]), 1)
@@ -698,6 +702,45 @@ class Faults(NNTest):
         self.assertEqual(int(g.kv(INFO)["Generation"]), self.daemon.status()["generation"])
         self.assertEqual(self.predict(self.q1), (0, ref), "after the re-probe")
         self.assertEqual(self.predict(self.qx), (0, self.ref(self.qx)), "after the re-probe")
+        self.check_log()
+
+    def test_daemon_kill9_no_model(self):
+        """kill -9 of a daemon without a model, the driver bound (status
+        "no model"), then what any guest user may do: predictions (ENODEV),
+        model_info and health reads, a health check. With the event queue
+        the driver reads no config space for them (it waits for an event),
+        so QEMU 11.1, which aborts on a config read once its backend is dead,
+        survives; the restart procedure recovers."""
+        g = self.guest
+        g.out(f"echo 0 >{CACHE_P}; echo 1000 >{TIMEOUT_P}")
+        model = self.daemon.model
+        g.unplug(timeout=60)
+        self.daemon.kill9()
+        self.daemon.model = None
+        try:
+            self.daemon.start()
+        finally:
+            self.daemon.model = model
+        g.replug(self.daemon.sock)
+        g.out(f"n=0; while [ $n -lt 600 ] && ! grep -q 'Status: no model' {INFO}; "
+              f"do sleep 0.1; n=$((n+1)); done; grep 'Status: no model' {INFO}", timeout=90)
+        self.daemon.kill9()
+        time.sleep(1)
+        for i in range(3):
+            rc, out = self.predict(self.q1)
+            self.assertTrue(g.alive(), f"QEMU died at prediction {i}: " + g.qemu_output())
+            self.assertIn("No such device", out, "a prediction without a model")
+        self.assertEqual(g.kv(INFO)["Status"], "no model")
+        g.out(f"cat {HEALTH} >/dev/null; echo 1 >{HEALTH}", timeout=60)
+        self.assertTrue(g.alive(), "QEMU died at a health check: " + g.qemu_output())
+        self.assertEqual(g.kv(HEALTH)["device"], "no model")
+        self.assertTrue(g.alive(), "QEMU died: " + g.qemu_output())
+        g.unplug(timeout=60)
+        self.daemon.start()
+        g.replug(self.daemon.sock)
+        self._wait_active(g)
+        g.out(f"echo 5000 >{TIMEOUT_P}")
+        self.assertEqual(self.predict(self.q1)[1], self.ref(self.q1), "after the restart")
         self.check_log()
 
     def test_daemon_kill9_then_bad_width(self):

@@ -90,6 +90,23 @@ echo "    clocksource: $(cat /sys/devices/system/clocksource/clocksource0/curren
 echo "    device features: $(cat /sys/bus/virtio/devices/virtio*/features 2>/dev/null)"
 expect_eq "proc modes" "$(ls -l $P $Q | cut -c1-10 | tr '\n' ' ')" "-rw-rw-rw- -rw-rw-rw- "
 expect_eq "model_info" "$(head -n 2 $INFO | tr '\n' ' ')" "Model: $MODEL Status: active "
+# The seed's files keep its text: its lines first, spelled as it spells them.
+expect_eq "model_info starts with the seed's three lines" \
+    "$(head -n 3 $INFO | sed 's/^Predictions: [0-9][0-9]*$/Predictions: N/' | tr '\n' ' ')" \
+    "Model: $MODEL Status: active Predictions: N "
+expect_eq "performance starts with the seed's three lines" \
+    "$(head -n 3 $PERF | sed 's/: [0-9][0-9]*$/: N/' | tr '\n' ' ')" \
+    "Cache hits: N Cache misses: N Errors: N "
+# One value per file in the device's own sysfs directory.
+NNDEV=$(ls -d /sys/bus/virtio/devices/virtio*/neural_network 2>/dev/null | head -n 1)
+expect_eq "device sysfs directory" "$([ -n "$NNDEV" ] && ls $NNDEV | tr '\n' ' ')" \
+    "generation input_dim max_batch num_layers output_dim queues status "
+if [ -n "$NNDEV" ]; then
+    expect_eq "device sysfs values match model_info" \
+        "$(cat $NNDEV/generation $NNDEV/status $NNDEV/input_dim $NNDEV/output_dim $NNDEV/num_layers $NNDEV/max_batch $NNDEV/queues | tr '\n' ' ')" \
+        "$(kv $INFO Generation) $(kv $INFO Status) $(kv $INFO Input) $(kv $INFO Output) $(kv $INFO Layers) $(kv $INFO 'Max batch') $(kv $INFO Queues) "
+    expect_eq "device sysfs modes" "$(ls -l $NNDEV | grep -c '^-r--r--r--')" "7"
+fi
 expect_eq "timeout_ms default" "$(cat $PARAM)" "5000"
 expect_eq "cache_ms default" "$(cat $CPARAM)" "1000"
 # The result cache is off except where it is tested: the other checks want
@@ -171,7 +188,7 @@ req=$(kv $PERF requests)
 p50=$(kv $PERF latency_p50_us)
 p99=$(kv $PERF latency_p99_us)
 expect_eq "performance: requests counted" "$([ "$req" -ge 20 ] && echo yes)" "yes"
-expect_eq "performance: errors counted" "$([ "$(kv $PERF errors)" -ge 1 ] && echo yes)" "yes"
+expect_eq "performance: errors counted" "$([ "$(kv $PERF Errors)" -ge 1 ] && echo yes)" "yes"
 expect_eq "performance: 0 < p50 <= p99 <= 2*max" \
     "$([ "$p50" -gt 0 ] && [ "$p99" -ge "$p50" ] && [ "$p99" -le $((2 * $(kv $PERF latency_max_us) + 2)) ] && echo yes)" "yes"
 expect_eq "health: unknown before the first check" "$(kv $HEALTH status)" "unknown"
@@ -272,11 +289,11 @@ fi
 
 echo "== result cache"
 echo 1000 >$CPARAM
-h0=$(kv $PERF cache_hits)
+h0=$(kv $PERF 'Cache hits')
 r0=$(kv $PERF requests)
 echo "$Q1_IN" >$Q
 echo "$Q1_IN" >$Q
-expect_eq "an identical prediction within cache_ms is a cache hit" "$(($(kv $PERF cache_hits) - h0)) $(($(kv $PERF requests) - r0))" "1 1"
+expect_eq "an identical prediction within cache_ms is a cache hit" "$(($(kv $PERF 'Cache hits') - h0)) $(($(kv $PERF requests) - r0))" "1 1"
 expect_eq "the cached answer" "$(cat $Q)" "$Q1_OUT"
 expect_eq "cache_entries" "$(kv $PERF cache_entries)" "1"
 echo "$QX_IN" >$Q
@@ -297,7 +314,9 @@ echo 0 >$CPARAM
 
 if [ -n "$VQ_SIZE" ]; then
     echo "== more requests than the queue holds (vq size $VQ_SIZE)"
+    echo 30000 >$PARAM
     host stop-daemon
+    e0=$(kv $PERF Errors)
     n=$((VQ_SIZE + 3))
     i=0
     while [ $i -lt $n ]; do
@@ -305,9 +324,20 @@ if [ -n "$VQ_SIZE" ]; then
         i=$((i + 1))
     done
     sleep 2
+    # One more writer, waiting for room, gets a signal that it handles: only
+    # a fatal signal may end that wait (no EINTR, no failed request).
+    sh -c "trap 'echo caught' USR1; exec 3<>$Q; echo '$Q1_IN' >&3; cat <&3" >/tmp/sig 2>&1 &
+    spid=$!
+    sleep 1
+    kill -USR1 $spid
+    sleep 0.5
     host cont-daemon
     wait
     expect_eq "$n predictions through a full queue" "$(cat /tmp/full.* | grep -cx -- "$Q1_OUT")" "$n"
+    expect_eq "a handled signal does not end the wait for room (answer, signal seen, errors)" \
+        "$(grep -cx -- "$Q1_OUT" /tmp/sig) $(grep -c caught /tmp/sig) $(($(kv $PERF Errors) - e0))" "1 1 0"
+    cat /tmp/sig
+    echo 5000 >$PARAM
 fi
 
 echo "== model hot-swap (daemon admin socket), with the result cache on"
@@ -318,11 +348,11 @@ if [ -n "$EVENTS" ]; then
     n=0
     while [ $n -lt 20 ] && [ "$(kv $INFO Generation)" != 2 ]; do sleep 0.1; n=$((n + 1)); done
     echo "    model_info saw the swap after $n x 100 ms"
-    expect_eq "event queue: model_info sees the swap within 2 s" "$(sed -n '1p;3p' $INFO | tr '\n' ' ')" "Model: $B_MODEL Generation: 2 "
+    expect_eq "event queue: model_info sees the swap within 2 s" "$(kv $INFO Model) $(kv $INFO Generation)" "$B_MODEL 2"
 fi
 echo "$Q1_IN" >$Q
 expect_eq "answer of the swapped-in model (wider output)" "$(cat $Q)" "$B_OUT"
-expect_eq "model_info after swap" "$(sed -n '1p;3p' $INFO | tr '\n' ' ')" "Model: $B_MODEL Generation: 2 "
+expect_eq "model_info after swap" "$(kv $INFO Model) $(kv $INFO Generation)" "$B_MODEL 2"
 host swap-c
 expect_err "old input width after swap: EINVAL" "Invalid argument" wr $Q "$Q1_IN"
 echo "$C_IN" >$Q
