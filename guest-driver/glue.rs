@@ -73,8 +73,16 @@ extern "C" {
     /// `rcu_read_unlock()`.
     pub(crate) fn virtio_nn_rcu_read_unlock();
 
-    /// `pid_nr(task_session(current))`.
-    pub(crate) fn virtio_nn_current_session() -> c_int;
+    /// `get_pid(task_session(current))` under RCU: the caller's session,
+    /// pinned (put it with `put_pid`).
+    pub(crate) fn virtio_nn_get_session() -> *mut bindings::pid;
+
+    /// `pid_has_task(pid, PIDTYPE_SID)` under RCU: whether a task is still in
+    /// the session `pid` (a pinned `struct pid`).
+    pub(crate) fn virtio_nn_session_alive(pid: *mut bindings::pid) -> bool;
+
+    /// `current_euid()` as its kernel-internal value.
+    pub(crate) fn virtio_nn_current_euid() -> u32;
 
     /// `pde_data()`: the data pointer of a proc entry.
     pub(crate) fn virtio_nn_pde_data(inode: *const bindings::inode) -> *mut c_void;

@@ -17,6 +17,7 @@
  */
 
 #include <linux/completion.h>
+#include <linux/cred.h>
 #include <linux/err.h>
 #include <linux/jiffies.h>
 #include <linux/kobject.h>
@@ -187,10 +188,36 @@ void virtio_nn_rcu_read_unlock(void)
 	rcu_read_unlock();
 }
 
-/* Global number of the session of the calling task. */
-int virtio_nn_current_session(void)
+/*
+ * The session of the calling task, pinned (the caller puts it with
+ * put_pid()). task_session() needs RCU: another thread of the group may
+ * call setsid() meanwhile.
+ */
+struct pid *virtio_nn_get_session(void)
 {
-	return pid_nr(task_session(current));
+	struct pid *pid;
+
+	rcu_read_lock();
+	pid = get_pid(task_session(current));
+	rcu_read_unlock();
+	return pid;
+}
+
+/* Whether a task is still in the session @pid (a pinned struct pid). */
+bool virtio_nn_session_alive(struct pid *pid)
+{
+	bool alive;
+
+	rcu_read_lock();
+	alive = pid_has_task(pid, PIDTYPE_SID);
+	rcu_read_unlock();
+	return alive;
+}
+
+/* The effective uid of the calling task (kernel-internal kuid value). */
+u32 virtio_nn_current_euid(void)
+{
+	return __kuid_val(current_euid());
 }
 
 /* --- /proc/neural_network/{predict,predict_q16} ------------------------ */

@@ -25,9 +25,11 @@
 //!
 //! Whose answer a read returns: each open file keeps the answer of its own
 //! last successful write. A read on an open file that made no prediction
-//! returns the last answer made in the caller's session (so that
-//! `echo ... > predict; cat predict` works), from a table of the last 32
-//! sessions kept per file; `ENODATA` if there is none.
+//! returns the last answer made in the caller's session by the caller's
+//! euid (so that `echo ... > predict; cat predict` works), from a table per
+//! file keyed by the pinned session `struct pid` and the euid (at most 8
+//! sessions per uid, dropped when the session ends; see [`session`]);
+//! `ENODATA` if there is none.
 //!
 //! Errors of a write (nothing changes on error): `EINVAL` for a malformed
 //! or empty write, a write over 64 KiB, a value out of range, a wrong value
@@ -108,7 +110,8 @@ pub(crate) struct Globals {
     /// The device of `device` (or null), read under RCU: remove clears it,
     /// waits for an RCU grace period, then drops the reference.
     current: AtomicPtr<NnDevice>,
-    /// The last answer per session, for `predict` and for `predict_q16`.
+    /// The last answer per session and uid, for `predict` and for
+    /// `predict_q16`.
     #[pin]
     pub(crate) sessions: Mutex<[SessionTable; 2]>,
     /// Successful predictions since the module was loaded.

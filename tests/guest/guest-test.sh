@@ -27,6 +27,14 @@ DEV=/dev/neural_network
 CPARAM=/sys/module/virtio_nn/parameters/cache_ms
 . /etc/nn-expected
 
+# Users for the isolation checks (busybox su as root asks no password and
+# sets the supplementary groups from /etc/group): alice and bob, bob in
+# nnusers (1234).
+printf 'root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001::/tmp:/bin/sh\nbob:x:1002:1002::/tmp:/bin/sh\n' >/etc/passwd
+printf 'root:x:0:\nalice:x:1001:\nbob:x:1002:\nnnusers:x:1234:bob\n' >/etc/group
+# as USER CMD : CMD (a shell command line) as USER, in the caller's session
+as() { su -s /bin/sh "$1" -c "$2"; }
+
 fails=0
 ok() { echo "CHECK OK: $1"; }
 bad() { echo "CHECK FAIL: $1"; fails=$((fails + 1)); }
@@ -138,6 +146,39 @@ expect_err "other session has no answer" "No data available" setsid cat $P
 out=$(sh -c "exec 3<>$P; echo '$IN1' >&3; echo '$WX_IN' >$P; cat <&3")
 expect_eq "fd keeps its own answer" "$out" "$OUT1"
 expect_eq "session got the last answer" "$(cat $P)" "$WX_OUT"
+
+echo "== isolation between users: /proc session answers"
+echo "$Q1_IN" >$Q
+expect_err "another uid in the same session gets no answer" "No data available" as alice "cat $Q"
+as alice "echo '$QX_IN' >$Q"
+expect_eq "a uid reads its own answer in the session" "$(as alice "cat $Q")" "$QX_OUT"
+expect_eq "and the other uid its own" "$(cat $Q)" "$Q1_OUT"
+i=0
+while [ $i -lt 40 ]; do as bob "setsid sh -c \"echo '$Q1_IN' >$Q\""; i=$((i + 1)); done
+expect_eq "40 sessions of another uid do not evict this session's answer" "$(cat $Q)" "$Q1_OUT"
+# PID reuse: a victim session writes and ends; a new session that gets the
+# same session id (pid_max lowered so that ids come round quickly) must not
+# read the victim's answer.
+pmax=$(cat /proc/sys/kernel/pid_max)
+echo 400 >/proc/sys/kernel/pid_max
+# from here on new ids go round 300..399 (below 300 at first on a young guest)
+while [ "$(sh -c 'echo $$')" -lt 300 ]; do :; done
+printf '%s\n' "echo '$QX_IN' >$Q" "cut -d' ' -f6 /proc/self/stat >/tmp/vsid" >/tmp/victim.sh
+as alice "setsid sh /tmp/victim.sh"
+vs=$(cat /tmp/vsid)
+cat >/tmp/reuse.sh <<EOF
+i=0
+while [ \$i -lt 2000 ]; do
+    sh -c '[ \$\$ -eq $vs ] || exit 7; exec setsid cat $Q'
+    rc=\$?
+    [ \$rc -ne 7 ] && exit \$rc
+    i=\$((i + 1))
+done
+echo "session id $vs not reused"
+EOF
+out=$(as alice "sh /tmp/reuse.sh" 2>&1)
+echo "$pmax" >/proc/sys/kernel/pid_max
+expect_eq "a new session with a reused session id ($vs) gets no answer" "$out" "cat: read error: No data available"
 
 echo "== concurrent requests"
 i=0
