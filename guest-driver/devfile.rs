@@ -18,13 +18,17 @@
 //! in_dim`, or a negative timeout (the checks of [`Request::parse`], then
 //! the device's limits); `E2BIG` for a write over
 //! [`dev_abi::MAX_WRITE_LEN`]; then as for `/proc` (`ENODEV`, `ETIMEDOUT`,
-//! `EINTR`, `EIO`). A read before any successful write fails with `ENODATA`.
-//! Answers never come from the result cache.
+//! `EINTR`, `EIO`), and `EAGAIN` when the caller's uid has `max_orphans`
+//! abandoned requests in flight (see [`crate::orphans`]). A header
+//! `timeout_ms` below [`crate::request::MIN_TIMEOUT_MS`] is raised to it. A
+//! read before any successful write fails with `ENODATA`. Answers never
+//! come from the result cache.
 
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
 use crate::fileio;
 use crate::predict::CachePolicy;
 use crate::request::Deadline;
+use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::bindings;
 use kernel::error::from_result;
 use kernel::ffi::{c_char, c_int};
@@ -57,9 +61,9 @@ fn write(
     let r = Request::parse(&req).map_err(request_error)?;
     let num_samples = r.num_samples as usize;
     let n = r.value_count().ok_or(EINVAL)?;
-    let mut inputs = KVec::with_capacity(n, GFP_KERNEL)?;
+    let mut inputs = KVec::with_capacity(n, GFP_KERNEL_ACCOUNT)?;
     for v in Request::inputs(&req) {
-        inputs.push(v, GFP_KERNEL)?;
+        inputs.push(v, GFP_KERNEL_ACCOUNT)?;
     }
     drop(req);
     let deadline = Deadline::after_ms_or_default(r.timeout_ms);
@@ -81,10 +85,10 @@ fn write(
         out_dim: (outputs.len() / num_samples) as u32,
         generation,
     };
-    let mut answer = KVec::with_capacity(header.read_len(), GFP_KERNEL)?;
-    answer.extend_from_slice(&header.header(), GFP_KERNEL)?;
+    let mut answer = KVec::with_capacity(header.read_len(), GFP_KERNEL_ACCOUNT)?;
+    answer.extend_from_slice(&header.header(), GFP_KERNEL_ACCOUNT)?;
     for v in outputs.iter() {
-        answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL)?;
+        answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
     }
     *df.answer.lock() = Some(answer);
     fileio::written(count, pos)

@@ -67,6 +67,16 @@ unsigned int virtio_nn_cache_ms(void)
 	return READ_ONCE(cache_ms);
 }
 
+static unsigned int max_orphans = 8;
+module_param(max_orphans, uint, 0644);
+MODULE_PARM_DESC(max_orphans,
+		 "Requests a uid may have abandoned (timed out, killed) while the device still holds them; more: EAGAIN (0: no limit)");
+
+unsigned int virtio_nn_max_orphans(void)
+{
+	return READ_ONCE(max_orphans);
+}
+
 /* --- time and CPU helpers ---------------------------------------------- */
 
 /* The jiffies value @ms milliseconds from now. */

@@ -21,7 +21,8 @@
 //!
 //! Module parameters: `timeout_ms` (default 5000), `cache_ms` (result
 //! cache expiry, default 1000, see [`cache`]), `health_interval_ms`
-//! (default 60000).
+//! (default 60000), `max_orphans` (abandoned requests in flight per uid
+//! before `EAGAIN`, default 8, see [`orphans`]).
 //!
 //! Whose answer a read returns: each open file keeps the answer of its own
 //! last successful write. A read on an open file that made no prediction
@@ -37,14 +38,15 @@
 //! device or it has no model; `ETIMEDOUT` when the device does not answer
 //! within the module parameter `timeout_ms` (default 5000, 0 for no limit);
 //! `EINTR` on a fatal signal; `EIO` for a failing device or an invalid
-//! answer.
+//! answer; `EAGAIN` when the caller's uid has `max_orphans` abandoned
+//! requests in flight.
 //!
 //! Files: `device.rs` (the request queues, one per CPU, and predictions),
 //! `device/probe.rs` (probe/remove, virtio callbacks), `events.rs` (the
 //! event queue: model change notifications), `request.rs` (the request
 //! object), `predict.rs` (the path every prediction takes), `config_snap.rs`,
 //! `api.rs`, `devfile.rs`, `stats.rs`, `health.rs`, `cache.rs`, `procfs.rs`,
-//! `session.rs`, `sysfs.rs`, `irq_lock.rs`, `glue.rs` (declarations of the
+//! `session.rs`, `orphans.rs`, `sysfs.rs`, `irq_lock.rs`, `glue.rs` (declarations of the
 //! C glue in `virtio_nn_glue.c`); from nn-core: `protocol.rs` (the wire
 //! protocol), `proc_text.rs` (the /proc text format), `dev_abi.rs` (the
 //! /dev binary layout).
@@ -81,6 +83,7 @@ mod fileio;
 mod glue;
 mod health;
 mod irq_lock;
+mod orphans;
 mod predict;
 mod procfs;
 mod request;

@@ -34,6 +34,11 @@ printf 'root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001::/tmp:/bin/sh\nbob:x:10
 printf 'root:x:0:\nalice:x:1001:\nbob:x:1002:\nnnusers:x:1234:bob\n' >/etc/group
 # as USER CMD : CMD (a shell command line) as USER, in the caller's session
 as() { su -s /bin/sh "$1" -c "$2"; }
+# devrun_as USER FILE : devrun as USER (FILE readable by all)
+devrun_as() {
+    as "$1" "sh -c 'exec 3<>$DEV; dd if=$2 bs=8M 2>/dev/null >&3; dd bs=8M count=1 2>/dev/null <&3'" |
+        od -An -t d4 -v | tr -s ' \n' '  ' | sed 's/^ //; s/ $//'
+}
 
 fails=0
 ok() { echo "CHECK OK: $1"; }
@@ -350,6 +355,32 @@ if [ -n "$VQ_SIZE" ]; then
     wait
     expect_eq "$n predictions through a full queue" "$(cat /tmp/full.* | grep -cx -- "$Q1_OUT")" "$n"
 fi
+
+echo "== isolation between users: abandoned requests (orphans)"
+mkreq $RQ 1 $in_w 1 $q1 >/tmp/req1ms
+mkreq $RQ 1 $in_w 200 $q1 >/tmp/req200
+chmod 644 /tmp/req1ms /tmp/req1
+echo "$Q1_IN" >$Q
+expect_eq "the device answers (active)" "$(kv $INFO Status)" "active"
+host stop-daemon
+cat >/tmp/orphans.sh <<EOF
+i=0
+while [ \$i -lt 12 ]; do
+    sh -c "exec 3<>$DEV; dd if=/tmp/req1ms bs=1M >&3" 2>&1 | grep -o 'timed out\|temporarily unavailable'
+    i=\$((i + 1))
+done
+EOF
+out=$(as bob "sh /tmp/orphans.sh" | sort | uniq -c | sed 's/^ *//' | tr '\n' ',')
+if [ -z "$VQ_SIZE" ] || [ "$VQ_SIZE" -ge 16 ]; then
+    expect_eq "12 requests of 1 ms: 8 orphans, then EAGAIN" "$out" "4 temporarily unavailable,8 timed out,"
+fi
+expect_eq "short timeouts do not mark the device unresponsive" "$(kv $INFO Status)" "active"
+expect_err "another uid is not refused (ETIMEDOUT)" "timed out" devwrite /tmp/req200
+host cont-daemon
+n=0
+while [ $n -lt 30 ] && [ "$(kv $PERF orphans)" != 0 ]; do sleep 0.1; n=$((n + 1)); done
+expect_eq "late answers end the orphans" "$(kv $PERF orphans)" "0"
+expect_eq "the uid is served again" "$(devrun_as bob /tmp/req1)" "$RS 1 $out_w $(kv $INFO Generation) $q1out"
 
 echo "== model hot-swap (daemon admin socket), with the result cache on"
 echo 1000 >$CPARAM
