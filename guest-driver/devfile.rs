@@ -23,6 +23,11 @@
 //! `timeout_ms` below [`crate::request::MIN_TIMEOUT_MS`] is raised to it. A
 //! read before any successful write fails with `ENODATA`. Answers never
 //! come from the result cache.
+//!
+//! Who may open it: the node's mode is the module parameter `dev_mode`
+//! (default 0666, the seed's interface); with `dev_gid` set, `open` also
+//! requires membership of that group (or `CAP_DAC_OVERRIDE`), else
+//! `EACCES`.
 
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
 use crate::fileio;
@@ -119,6 +124,10 @@ pub(crate) extern "C" fn virtio_nn_dev_open(
     file: *mut bindings::file,
 ) -> c_int {
     from_result(|| {
+        // SAFETY: No preconditions.
+        if !unsafe { crate::glue::virtio_nn_dev_allowed() } {
+            return Err(EACCES);
+        }
         let df = Arc::pin_init(
             pin_init!(DevFile {
                 answer <- new_mutex!(None, "virtio_nn_devfile"),

@@ -109,6 +109,10 @@ extern "C" {
     /// `misc_deregister()` of `/dev/neural_network`.
     pub(crate) fn virtio_nn_misc_deregister();
 
+    /// Whether the caller may open `/dev/neural_network` (module parameter
+    /// `dev_gid`: membership of the group, or `CAP_DAC_OVERRIDE`).
+    pub(crate) fn virtio_nn_dev_allowed() -> bool;
+
     /// `cancel_delayed_work_sync()` of the health check.
     pub(crate) fn virtio_nn_health_stop();
 

@@ -16,6 +16,7 @@
  * sync.
  */
 
+#include <linux/capability.h>
 #include <linux/completion.h>
 #include <linux/cred.h>
 #include <linux/err.h>
@@ -347,6 +348,22 @@ static const struct file_operations virtio_nn_dev_fops = {
 	.llseek = default_llseek,
 };
 
+/*
+ * Who may use /dev/neural_network. dev_mode: the mode devtmpfs gives the
+ * node (default 0666, the seed's interface; e.g. 0660 with a udev/mdev rule
+ * that sets its group). dev_gid: if set (>= 0), open() also requires
+ * membership of that group (or CAP_DAC_OVERRIDE), whatever the node's mode
+ * and owner: the misc core cannot give devtmpfs a group.
+ */
+static ushort dev_mode = 0666;
+module_param(dev_mode, ushort, 0444);
+MODULE_PARM_DESC(dev_mode, "Mode of /dev/neural_network (default 0666)");
+
+static int dev_gid = -1;
+module_param(dev_gid, int, 0444);
+MODULE_PARM_DESC(dev_gid,
+		 "Only members of this group may open /dev/neural_network (-1: anyone the mode allows)");
+
 static struct miscdevice virtio_nn_misc = {
 	.minor = MISC_DYNAMIC_MINOR,
 	.name = "neural_network",
@@ -356,7 +373,19 @@ static struct miscdevice virtio_nn_misc = {
 
 int virtio_nn_misc_register(void)
 {
+	virtio_nn_misc.mode = dev_mode & 0777;
 	return misc_register(&virtio_nn_misc);
+}
+
+/* Whether the caller may open /dev/neural_network (dev_gid). */
+bool virtio_nn_dev_allowed(void)
+{
+	kgid_t gid;
+
+	if (dev_gid < 0)
+		return true;
+	gid = make_kgid(&init_user_ns, dev_gid);
+	return gid_valid(gid) && (in_group_p(gid) || capable(CAP_DAC_OVERRIDE));
 }
 
 void virtio_nn_misc_deregister(void)

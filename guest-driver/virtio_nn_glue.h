@@ -82,6 +82,7 @@ int virtio_nn_shrinker_register(void);
 void virtio_nn_shrinker_unregister(void);
 int virtio_nn_misc_register(void);
 void virtio_nn_misc_deregister(void);
+bool virtio_nn_dev_allowed(void);
 void virtio_nn_health_stop(void);
 extern const struct proc_ops virtio_nn_proc_ops;
 

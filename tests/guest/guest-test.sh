@@ -480,6 +480,18 @@ expect_eq "rmmod with an open file, then its read fails" "$out" "rmmod=0 cat: re
 insmod /lib/modules/virtio_nn.ko cache_ms=0
 expect_eq "insmod again rc" "$?" "0"
 
+echo "== /dev/neural_network: dev_mode, dev_gid"
+rmmod virtio_nn
+insmod /lib/modules/virtio_nn.ko cache_ms=0 dev_mode=0600 || insmod /lib/modules/virtio_nn.ko cache_ms=0
+expect_eq "dev_mode=0600" "$(ls -l $DEV | cut -c1-10)" "crw-------"
+rmmod virtio_nn
+insmod /lib/modules/virtio_nn.ko cache_ms=0 dev_gid=1234 || insmod /lib/modules/virtio_nn.ko cache_ms=0
+expect_eq "dev_gid: a member of the group is served" "$(devrun_as bob /tmp/req1)" "$RS 1 $out_w $(kv $INFO Generation) $q1out"
+expect_err "dev_gid: another uid cannot open it (EACCES)" "Permission denied" as alice "exec 3<>$DEV"
+rmmod virtio_nn
+insmod /lib/modules/virtio_nn.ko cache_ms=0
+expect_eq "insmod again rc" "$?" "0"
+
 echo "== idle rmmod and kernel log"
 rmmod virtio_nn
 expect_eq "idle rmmod rc" "$?" "0"
