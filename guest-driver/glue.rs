@@ -94,6 +94,9 @@ extern "C" {
     /// The module parameter `cache_ms`.
     pub(crate) fn virtio_nn_cache_ms() -> c_uint;
 
+    /// The module parameter `cache_fallback_ms` (0: no fallback).
+    pub(crate) fn virtio_nn_cache_fallback_ms() -> c_uint;
+
     /// The module parameter `max_orphans` (0: no limit).
     pub(crate) fn virtio_nn_max_orphans() -> c_uint;
 

@@ -78,6 +78,16 @@ unsigned int virtio_nn_max_orphans(void)
 	return READ_ONCE(max_orphans);
 }
 
+static unsigned int cache_fallback_ms = 30000;
+module_param(cache_fallback_ms, uint, 0644);
+MODULE_PARM_DESC(cache_fallback_ms,
+		 "Oldest cached answer returned when a request times out, in ms (0: no fallback)");
+
+unsigned int virtio_nn_cache_fallback_ms(void)
+{
+	return READ_ONCE(cache_fallback_ms);
+}
+
 /* --- time and CPU helpers ---------------------------------------------- */
 
 /* The jiffies value @ms milliseconds from now. */

@@ -77,6 +77,7 @@ int virtio_nn_sysfs_create_file(struct kobject *kobj);
 void virtio_nn_sysfs_remove_file(struct kobject *kobj);
 void virtio_nn_health_start(void);
 unsigned int virtio_nn_cache_ms(void);
+unsigned int virtio_nn_cache_fallback_ms(void);
 unsigned int virtio_nn_max_orphans(void);
 int virtio_nn_shrinker_register(void);
 void virtio_nn_shrinker_unregister(void);

@@ -20,7 +20,8 @@
 //! * A kernel API for other modules, `include/neural_api.h` (see [`api`]).
 //!
 //! Module parameters: `timeout_ms` (default 5000), `cache_ms` (result
-//! cache expiry, default 1000, see [`cache`]), `dev_mode` and `dev_gid` (who may open
+//! cache expiry, default 1000, see [`cache`]), `cache_fallback_ms` (oldest
+//! fallback answer, default 30000), `dev_mode` and `dev_gid` (who may open
 //! `/dev/neural_network`, see [`devfile`]), `health_interval_ms`
 //! (default 60000), `max_orphans` (abandoned requests in flight per uid
 //! before `EAGAIN`, default 8, see [`orphans`]).

@@ -325,6 +325,10 @@ echo "$Q1_IN" >$Q
 expect_eq "an identical prediction within cache_ms is a cache hit" "$(($(kv $PERF cache_hits) - h0)) $(($(kv $PERF requests) - r0))" "1 1"
 expect_eq "the cached answer" "$(cat $Q)" "$Q1_OUT"
 expect_eq "cache_entries" "$(kv $PERF cache_entries)" "1"
+h0=$(kv $PERF cache_hits)
+r0=$(kv $PERF requests)
+as alice "echo '$Q1_IN' >$Q"
+expect_eq "cache entries are per uid: another uid's same inputs are a miss" "$(($(kv $PERF cache_hits) - h0)) $(($(kv $PERF requests) - r0))" "0 1"
 echo "$QX_IN" >$Q
 echo 2 >/proc/sys/vm/drop_caches
 expect_eq "memory pressure (drop_caches): the shrinker empties the cache" "$(kv $PERF cache_entries)" "0"
@@ -338,6 +342,13 @@ echo "$Q1_IN" >$Q
 expect_eq "timeout: the expired cached answer is the fallback" "$(cat $Q) $(($(kv $PERF cache_fallbacks) - f0))" "$Q1_OUT 1"
 expect_err "timeout without a cached answer: ETIMEDOUT" "Connection timed out" wr $Q "$QX_IN"
 host cont-daemon
+echo 600 >/sys/module/virtio_nn/parameters/cache_fallback_ms
+echo "$Q1_IN" >$Q
+sleep 1
+host stop-daemon
+expect_err "timeout: no fallback older than cache_fallback_ms (600)" "Connection timed out" wr $Q "$Q1_IN"
+host cont-daemon
+echo 30000 >/sys/module/virtio_nn/parameters/cache_fallback_ms
 echo 5000 >$PARAM
 echo 0 >$CPARAM
 
@@ -473,6 +484,18 @@ while [ $n -lt 30 ] && [ "$(kv $HEALTH status)" != ok ]; do sleep 0.1; n=$((n + 
 expect_eq "health: ok again after replug" "$(kv $HEALTH status) $(kv $HEALTH consecutive_errors)" "ok 0"
 cat $HEALTH | tr '\n' ' '; echo
 expect_eq "health: changes logged" "$(dmesg | grep 'health check:' | tail -n 2 | sed 's/.*health check: //' | tr '\n' ' ')" "failing (-19) ok "
+
+echo "== cached answers do not outlive the device"
+echo 60000 >$CPARAM
+echo "$Q1_IN" >$Q
+host unplug
+host replug-b
+n=0
+while [ $n -lt 100 ] && ! grep -q "Status: active" $INFO; do sleep 0.1; n=$((n + 1)); done
+echo "$Q1_IN" >$Q
+expect_eq "after a replug with other weights (generation 1 again): the new model's answer" "$(cat $Q)" "$B_OUT"
+echo 0 >$CPARAM
+host swap-a
 
 echo "== rmmod while a file is open"
 out=$(sh -c "exec 3<>$P; echo '$IN1' >&3; rmmod virtio_nn; echo rmmod=\$?; cat <&3; echo cat=\$?" 2>&1 | tr '\n' ' ')
