@@ -152,39 +152,6 @@ out=$(sh -c "exec 3<>$P; echo '$IN1' >&3; echo '$WX_IN' >$P; cat <&3")
 expect_eq "fd keeps its own answer" "$out" "$OUT1"
 expect_eq "session got the last answer" "$(cat $P)" "$WX_OUT"
 
-echo "== isolation between users: /proc session answers"
-echo "$Q1_IN" >$Q
-expect_err "another uid in the same session gets no answer" "No data available" as alice "cat $Q"
-as alice "echo '$QX_IN' >$Q"
-expect_eq "a uid reads its own answer in the session" "$(as alice "cat $Q")" "$QX_OUT"
-expect_eq "and the other uid its own" "$(cat $Q)" "$Q1_OUT"
-i=0
-while [ $i -lt 40 ]; do as bob "setsid sh -c \"echo '$Q1_IN' >$Q\""; i=$((i + 1)); done
-expect_eq "40 sessions of another uid do not evict this session's answer" "$(cat $Q)" "$Q1_OUT"
-# PID reuse: a victim session writes and ends; a new session that gets the
-# same session id (pid_max lowered so that ids come round quickly) must not
-# read the victim's answer.
-pmax=$(cat /proc/sys/kernel/pid_max)
-echo 400 >/proc/sys/kernel/pid_max
-# from here on new ids go round 300..399 (below 300 at first on a young guest)
-while [ "$(sh -c 'echo $$')" -lt 300 ]; do :; done
-printf '%s\n' "echo '$QX_IN' >$Q" "cut -d' ' -f6 /proc/self/stat >/tmp/vsid" >/tmp/victim.sh
-as alice "setsid sh /tmp/victim.sh"
-vs=$(cat /tmp/vsid)
-cat >/tmp/reuse.sh <<EOF
-i=0
-while [ \$i -lt 2000 ]; do
-    sh -c '[ \$\$ -eq $vs ] || exit 7; exec setsid cat $Q'
-    rc=\$?
-    [ \$rc -ne 7 ] && exit \$rc
-    i=\$((i + 1))
-done
-echo "session id $vs not reused"
-EOF
-out=$(as alice "sh /tmp/reuse.sh" 2>&1)
-echo "$pmax" >/proc/sys/kernel/pid_max
-expect_eq "a new session with a reused session id ($vs) gets no answer" "$out" "cat: read error: No data available"
-
 echo "== concurrent requests"
 i=0
 while [ $i -lt 16 ]; do
@@ -230,6 +197,39 @@ echo 1 >$HEALTH
 expect_eq "health checks bypass the result cache" "$(($(kv $PERF requests) - r0))" "2"
 echo 0 >$CPARAM
 expect_eq "health: default interval" "$(cat /sys/module/virtio_nn/parameters/health_interval_ms)" "60000"
+
+echo "== isolation between users: /proc session answers"
+echo "$Q1_IN" >$Q
+expect_err "another uid in the same session gets no answer" "No data available" as alice "cat $Q"
+as alice "echo '$QX_IN' >$Q"
+expect_eq "a uid reads its own answer in the session" "$(as alice "cat $Q")" "$QX_OUT"
+expect_eq "and the other uid its own" "$(cat $Q)" "$Q1_OUT"
+i=0
+while [ $i -lt 40 ]; do as bob "setsid sh -c \"echo '$Q1_IN' >$Q\""; i=$((i + 1)); done
+expect_eq "40 sessions of another uid do not evict this session's answer" "$(cat $Q)" "$Q1_OUT"
+# PID reuse: a victim session writes and ends; a new session that gets the
+# same session id (pid_max lowered so that ids come round quickly) must not
+# read the victim's answer.
+pmax=$(cat /proc/sys/kernel/pid_max)
+echo 400 >/proc/sys/kernel/pid_max
+# from here on new ids go round 300..399 (below 300 at first on a young guest)
+while [ "$(sh -c 'echo $$')" -lt 300 ]; do :; done
+printf '%s\n' "echo '$QX_IN' >$Q" "cut -d' ' -f6 /proc/self/stat >/tmp/vsid" >/tmp/victim.sh
+as alice "setsid sh /tmp/victim.sh"
+vs=$(cat /tmp/vsid)
+cat >/tmp/reuse.sh <<EOF
+i=0
+while [ \$i -lt 2000 ]; do
+    sh -c '[ \$\$ -eq $vs ] || exit 7; exec setsid cat $Q'
+    rc=\$?
+    [ \$rc -ne 7 ] && exit \$rc
+    i=\$((i + 1))
+done
+echo "session id $vs not reused"
+EOF
+out=$(as alice "sh /tmp/reuse.sh" 2>&1)
+echo "$pmax" >/proc/sys/kernel/pid_max
+expect_eq "a new session with a reused session id ($vs) gets no answer" "$out" "cat: read error: No data available"
 
 echo "== /dev/neural_network (binary interface)"
 expect_eq "device node mode" "$(ls -l $DEV | cut -c1-10)" "crw-rw-rw-"
