@@ -18,13 +18,22 @@
 //! in_dim`, or a negative timeout (the checks of [`Request::parse`], then
 //! the device's limits); `E2BIG` for a write over
 //! [`dev_abi::MAX_WRITE_LEN`]; then as for `/proc` (`ENODEV`, `ETIMEDOUT`,
-//! `EINTR`, `EIO`). A read before any successful write fails with `ENODATA`.
-//! Answers never come from the result cache.
+//! `EINTR`, `EIO`), and `EAGAIN` when the caller's uid has `max_orphans`
+//! abandoned requests in flight (see [`crate::orphans`]). A header
+//! `timeout_ms` below [`crate::request::MIN_TIMEOUT_MS`] is raised to it. A
+//! read before any successful write fails with `ENODATA`. Answers never
+//! come from the result cache.
+//!
+//! Who may open it: the node's mode is the module parameter `dev_mode`
+//! (default 0666, the seed's interface); with `dev_gid` set, `open` also
+//! requires membership of that group (or `CAP_DAC_OVERRIDE`), else
+//! `EACCES`.
 
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
 use crate::fileio;
 use crate::predict::CachePolicy;
 use crate::request::Deadline;
+use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::bindings;
 use kernel::error::from_result;
 use kernel::ffi::{c_char, c_int};
@@ -57,9 +66,9 @@ fn write(
     let r = Request::parse(&req).map_err(request_error)?;
     let num_samples = r.num_samples as usize;
     let n = r.value_count().ok_or(EINVAL)?;
-    let mut inputs = KVec::with_capacity(n, GFP_KERNEL)?;
+    let mut inputs = KVec::with_capacity(n, GFP_KERNEL_ACCOUNT)?;
     for v in Request::inputs(&req) {
-        inputs.push(v, GFP_KERNEL)?;
+        inputs.push(v, GFP_KERNEL_ACCOUNT)?;
     }
     drop(req);
     let deadline = Deadline::after_ms_or_default(r.timeout_ms);
@@ -81,10 +90,10 @@ fn write(
         out_dim: (outputs.len() / num_samples) as u32,
         generation,
     };
-    let mut answer = KVec::with_capacity(header.read_len(), GFP_KERNEL)?;
-    answer.extend_from_slice(&header.header(), GFP_KERNEL)?;
+    let mut answer = KVec::with_capacity(header.read_len(), GFP_KERNEL_ACCOUNT)?;
+    answer.extend_from_slice(&header.header(), GFP_KERNEL_ACCOUNT)?;
     for v in outputs.iter() {
-        answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL)?;
+        answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
     }
     *df.answer.lock() = Some(answer);
     fileio::written(count, pos)
@@ -115,6 +124,10 @@ pub(crate) extern "C" fn virtio_nn_dev_open(
     file: *mut bindings::file,
 ) -> c_int {
     from_result(|| {
+        // SAFETY: No preconditions.
+        if !unsafe { crate::glue::virtio_nn_dev_allowed() } {
+            return Err(EACCES);
+        }
         let df = Arc::pin_init(
             pin_init!(DevFile {
                 answer <- new_mutex!(None, "virtio_nn_devfile"),

@@ -26,6 +26,7 @@ use crate::config_snap::ConfigSnapshot;
 use crate::events::EventQueue;
 use crate::glue;
 use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
+use crate::orphans::Orphans;
 use crate::protocol::{self, cfg, DeviceConfig, ResponseHeader};
 use crate::request::{etimedout, Completed, Deadline, Op, Request};
 use core::ptr;
@@ -124,6 +125,9 @@ pub(crate) struct ReqQueue {
     raw: AtomicPtr<bindings::virtqueue>,
     /// Requests put on this queue.
     submitted: AtomicU64,
+    /// Orphans on this queue: requests whose waiter gave up, not yet
+    /// handed back (see [`crate::orphans`]).
+    orphans: AtomicU32,
 }
 
 // SAFETY: `vq_space` is a kernel wait queue, which its own spinlock makes
@@ -138,6 +142,7 @@ impl ReqQueue {
         pin_init!(Self {
             raw: AtomicPtr::new(ptr::null_mut()),
             submitted: AtomicU64::new(0),
+            orphans: AtomicU32::new(0),
             vq <- new_irq_spinlock!(VqState { vq: ptr::null_mut() }, "virtio_nn_vq"),
             // SAFETY: `slot` is valid for writes and pinned: the wait queue
             // stays where it is initialised.
@@ -180,6 +185,9 @@ pub(crate) struct NnDevice {
     /// The event queue, if the device has one.
     #[pin]
     events: EventQueue,
+    /// Orphans per uid.
+    #[pin]
+    orphans: Orphans,
 }
 
 /// A summary of the model for `model_info`.
@@ -214,6 +222,7 @@ impl NnDevice {
             unresponsive: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             events <- EventQueue::new(),
+            orphans <- Orphans::new(),
         })
     }
 
@@ -288,6 +297,25 @@ impl NnDevice {
         Ok(())
     }
 
+    /// Orphans in flight on all request queues.
+    pub(crate) fn orphans(&self) -> u32 {
+        self.queues
+            .iter()
+            .map(|q| q.orphans.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Orphans on each request queue, written as `a,b,...`.
+    pub(crate) fn write_queue_orphans(&self, w: &mut impl core::fmt::Write) -> core::fmt::Result {
+        for (i, q) in self.queues.iter().enumerate() {
+            if i > 0 {
+                w.write_char(',')?;
+            }
+            write!(w, "{}", q.orphans.load(Ordering::Relaxed))?;
+        }
+        Ok(())
+    }
+
     /// Runs the model on `num_samples` samples (one request, the device's
     /// batch format); `inputs` holds `num_samples` rows of Q16.16 values,
     /// each as wide as the model's input. Returns the Q16.16 outputs, row
@@ -344,13 +372,22 @@ impl NnDevice {
             if num_samples > cfg.max_batch.max(1) as usize {
                 return Err(EINVAL);
             }
+            let uid = crate::session::current_euid();
+            self.orphans.check(uid)?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let req = Request::new(op, id, inputs, num_samples, out_dim)?;
             self.submit(&req, deadline)?;
             let done = match req.wait(deadline) {
                 Ok(done) => done,
                 Err(e) => {
-                    if e.to_errno() == etimedout().to_errno() {
+                    // SAFETY: `req` was submitted; the counters belong to
+                    // this device, whose queues hand back or fail every
+                    // request before it is freed.
+                    let orphaned = unsafe { req.orphan(self.orphans.charge(uid)) };
+                    if orphaned
+                        && deadline.marks_unresponsive()
+                        && e.to_errno() == etimedout().to_errno()
+                    {
                         self.unresponsive.store(true, Ordering::Relaxed);
                     }
                     return Err(e);
@@ -463,6 +500,9 @@ impl NnDevice {
             };
             if ret == 0 {
                 let vq = state.vq;
+                // SAFETY: The queue outlives the requests on it (`teardown`
+                // fails those left before the device is freed).
+                unsafe { req.set_queue_orphans(&q.orphans) };
                 // SAFETY: As above.
                 let notify = unsafe { bindings::virtqueue_kick_prepare(vq) };
                 q.submitted.fetch_add(1, Ordering::Relaxed);

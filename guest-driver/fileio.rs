@@ -4,15 +4,17 @@
 //! copied in whole from user space, and an answer read from the file
 //! position (a write resets it).
 
+use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::bindings;
 use kernel::ffi::c_char;
 use kernel::prelude::*;
 use kernel::uaccess::UserSlice;
 
-/// Copies the `count` bytes a `write()` passed at `buf` into a new buffer.
+/// Copies the `count` bytes a `write()` passed at `buf` into a new buffer
+/// (charged to the caller's memory cgroup).
 pub(crate) fn copy_write(buf: *const c_char, count: usize) -> Result<KVec<u8>> {
     let mut data = KVec::new();
-    UserSlice::new(buf as usize, count).read_all(&mut data, GFP_KERNEL)?;
+    UserSlice::new(buf as usize, count).read_all(&mut data, GFP_KERNEL_ACCOUNT)?;
     Ok(data)
 }
 

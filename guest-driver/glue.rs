@@ -109,8 +109,16 @@ extern "C" {
     /// `rcu_read_unlock()`.
     pub(crate) fn virtio_nn_rcu_read_unlock();
 
-    /// `pid_nr(task_session(current))`.
-    pub(crate) fn virtio_nn_current_session() -> c_int;
+    /// `get_pid(task_session(current))` under RCU: the caller's session,
+    /// pinned (put it with `put_pid`).
+    pub(crate) fn virtio_nn_get_session() -> *mut bindings::pid;
+
+    /// `pid_has_task(pid, PIDTYPE_SID)` under RCU: whether a task is still in
+    /// the session `pid` (a pinned `struct pid`).
+    pub(crate) fn virtio_nn_session_alive(pid: *mut bindings::pid) -> bool;
+
+    /// `current_euid()` as its kernel-internal value.
+    pub(crate) fn virtio_nn_current_euid() -> u32;
 
     /// `pde_data()`: the data pointer of a proc entry.
     pub(crate) fn virtio_nn_pde_data(inode: *const bindings::inode) -> *mut c_void;
@@ -121,6 +129,12 @@ extern "C" {
 
     /// The module parameter `cache_ms`.
     pub(crate) fn virtio_nn_cache_ms() -> c_uint;
+
+    /// The module parameter `cache_fallback_ms` (0: no fallback).
+    pub(crate) fn virtio_nn_cache_fallback_ms() -> c_uint;
+
+    /// The module parameter `max_orphans` (0: no limit).
+    pub(crate) fn virtio_nn_max_orphans() -> c_uint;
 
     /// Allocates and registers the result cache's shrinker.
     pub(crate) fn virtio_nn_shrinker_register() -> c_int;
@@ -133,6 +147,10 @@ extern "C" {
 
     /// `misc_deregister()` of `/dev/neural_network`.
     pub(crate) fn virtio_nn_misc_deregister();
+
+    /// Whether the caller may open `/dev/neural_network` (module parameter
+    /// `dev_gid`: membership of the group, or `CAP_DAC_OVERRIDE`).
+    pub(crate) fn virtio_nn_dev_allowed() -> bool;
 
     /// `cancel_delayed_work_sync()` of the health check.
     pub(crate) fn virtio_nn_health_stop();

@@ -43,27 +43,36 @@ pub(crate) fn run_with_generation(
     cache: CachePolicy,
 ) -> Result<(KVec<i32>, u32)> {
     let globals = crate::globals()?;
+    // Before the device lookup (see `Cache::epoch`).
+    let epoch = globals.cache.epoch();
     let device = globals.current_device();
     let Some(device) = device else {
         STATS.failure(false);
         return Err(ENODEV);
     };
     let expiry = crate::cache::expiry_ns();
-    // The generation the cache entries must belong to.
-    let cached_gen = if num_samples == 1 && expiry > 0 && cache == CachePolicy::Use {
-        let generation = device.current_config(false).ok().map(|c| c.generation);
+    // What the cache entries must belong to: this uid, device and model.
+    let cache_key = if num_samples == 1 && expiry > 0 && cache == CachePolicy::Use {
+        let key = device
+            .current_config(false)
+            .ok()
+            .map(|c| crate::cache::Key {
+                uid: crate::session::current_euid(),
+                epoch,
+                generation: c.generation,
+            });
         let fits = |o: &KVec<i32>| expect.map_or(true, |(i, n)| i == inputs.len() && n == o.len());
-        if let Some(generation) = generation {
-            if let Some(out) = globals.cache.lookup(inputs, generation, Some(expiry)) {
+        if let Some(key) = &key {
+            if let Some(out) = globals.cache.lookup(inputs, key, Some(expiry)) {
                 if fits(&out) {
                     STATS.cache_lookup(true);
                     globals.predictions.fetch_add(1, Ordering::Relaxed);
-                    return Ok((out, generation));
+                    return Ok((out, key.generation));
                 }
             }
             STATS.cache_lookup(false);
         }
-        generation
+        key
     } else {
         None
     };
@@ -78,19 +87,25 @@ pub(crate) fn run_with_generation(
             globals
                 .predictions
                 .fetch_add(num_samples as u64, Ordering::Relaxed);
-            if cached_gen.is_some() {
-                globals.cache.insert(inputs, outputs, *generation);
+            if let Some(key) = &cache_key {
+                let key = crate::cache::Key {
+                    generation: *generation,
+                    ..*key
+                };
+                globals.cache.insert(inputs, outputs, &key);
             }
         }
         Err(e) => {
             let timed_out = e.to_errno() == -(bindings::ETIMEDOUT as i32);
             STATS.failure(timed_out);
-            if let (true, Some(generation)) = (timed_out, cached_gen) {
-                // The seed's fallback: an expired answer beats none.
-                if let Some(out) = globals.cache.lookup(inputs, generation, None) {
+            let max_age = crate::cache::fallback_max_age_ns();
+            if let (true, Some(key), true) = (timed_out, &cache_key, max_age > 0) {
+                // The seed's fallback: an expired answer beats none, if it
+                // is not too old.
+                if let Some(out) = globals.cache.lookup(inputs, key, Some(max_age)) {
                     STATS.cache_fallback();
                     globals.predictions.fetch_add(1, Ordering::Relaxed);
-                    return Ok((out, generation));
+                    return Ok((out, key.generation));
                 }
             }
         }

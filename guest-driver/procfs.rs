@@ -6,7 +6,8 @@
 //! the current device and returns the byte count; on any error nothing
 //! changes. A read returns the answer of the last successful write on the
 //! same open file or, if that file made none, the last answer made in the
-//! caller's session (see [`crate::session`]); `ENODATA` if there is none.
+//! caller's session by the caller's euid (see [`crate::session`]); `ENODATA`
+//! if there is none.
 //! A write resets the file position, so the next read starts at the new
 //! answer's beginning.
 //!
@@ -17,9 +18,10 @@ use crate::fileio;
 use crate::glue;
 use crate::proc_text::{self, Format};
 use crate::request::Deadline;
-use crate::session::Answer;
+use crate::session::{self, Answer, Session};
 use core::ffi::c_void;
 use core::ptr;
+use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::bindings;
 use kernel::ffi::{c_char, c_int};
 use kernel::prelude::*;
@@ -110,11 +112,6 @@ unsafe fn open_file<'a>(file: *mut bindings::file) -> &'a OpenFile {
     unsafe { &*(*file).private_data.cast::<OpenFile>() }
 }
 
-fn session() -> i32 {
-    // SAFETY: No preconditions.
-    unsafe { glue::virtio_nn_current_session() }
-}
-
 fn write(
     of: &OpenFile,
     buf: *const c_char,
@@ -129,20 +126,30 @@ fn write(
     if n == 0 || n > crate::protocol::MAX_DIM as usize {
         return Err(EINVAL);
     }
-    let mut inputs = KVec::from_elem(0i32, n, GFP_KERNEL)?;
+    let mut inputs = KVec::from_elem(0i32, n, GFP_KERNEL_ACCOUNT)?;
     proc_text::parse_values(&text, of.format, &mut inputs).map_err(|_| EINVAL)?;
 
     let outputs = crate::predict::run(&inputs, 1, None, &Deadline::module_default())?;
     let globals = crate::globals()?;
 
-    let mut out = KVec::from_elem(0u8, proc_text::formatted_len(outputs.len()), GFP_KERNEL)?;
+    let mut out = KVec::from_elem(
+        0u8,
+        proc_text::formatted_len(outputs.len()),
+        GFP_KERNEL_ACCOUNT,
+    )?;
     let len = proc_text::format_values(&outputs, of.format, &mut out);
     // SAFETY: `len <= out.len()`, so the kept bytes are initialised; `u8`
     // needs no drop.
     unsafe { out.set_len(len) };
-    let answer = Arc::new(Answer { text: out }, GFP_KERNEL)?;
+    let answer = Arc::new(Answer { text: out }, GFP_KERNEL_ACCOUNT)?;
 
-    globals.sessions.lock()[table_index(of.format)].insert(session(), answer.clone());
+    if let Some(s) = Session::current() {
+        globals.sessions.lock()[table_index(of.format)].insert(
+            s,
+            session::current_euid(),
+            answer.clone(),
+        )?;
+    }
     {
         let mut answers = of.answers.lock();
         answers.own = Some(answer);
@@ -171,7 +178,9 @@ fn read(
         } else {
             if fileio::position(pos) == 0 || answers.session.is_none() {
                 let globals = crate::globals()?;
-                answers.session = globals.sessions.lock()[table_index(of.format)].get(session());
+                answers.session = Session::current().and_then(|s| {
+                    globals.sessions.lock()[table_index(of.format)].get(&s, session::current_euid())
+                });
             }
             answers
                 .session

@@ -11,11 +11,19 @@
 //! waiter that gives up (timeout, fatal signal) never frees memory that the
 //! device may still write: a late answer lands in memory that is still ours and
 //! is dropped when the device hands the buffers back.
+//!
+//! Such a request, given up by its waiter but still held by the device, is an
+//! *orphan*: it is counted (per request queue and per uid, see
+//! [`crate::orphans`]) from the moment its waiter gives up until the device
+//! hands it back (or the device goes away), so that one user cannot fill
+//! the rings with abandoned requests.
 
 use crate::glue;
 use crate::protocol::{RequestHeader, ResponseHeader, OP_NULL, OP_PREDICT};
 use core::ffi::c_void;
-use core::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use core::ptr;
+use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
+use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::bindings;
 use kernel::ffi::{c_long, c_ulong};
 use kernel::prelude::*;
@@ -27,23 +35,42 @@ pub(crate) fn etimedout() -> Error {
     Error::from_errno(-(bindings::ETIMEDOUT as i32))
 }
 
+/// The shortest timeout a caller may choose, in ms: shorter ones (the
+/// `/dev` header's `timeout_ms`, the kernel API's) are raised to it, so that
+/// a caller cannot abandon requests at a high rate.
+pub(crate) const MIN_TIMEOUT_MS: u32 = 10;
+
 /// When a wait for the device ends.
 #[derive(Clone, Copy)]
 pub(crate) struct Deadline {
     /// The jiffies value at which it ends; `None`: never.
     end: Option<c_ulong>,
+    /// Whether a timeout may mark the device unresponsive: only one at
+    /// least as long as the module's `timeout_ms` (a caller's short timeout
+    /// says nothing about the device).
+    marks_unresponsive: bool,
 }
 
 impl Deadline {
-    /// `ms` milliseconds from now; 0 means no limit.
+    /// `ms` milliseconds from now (at least [`MIN_TIMEOUT_MS`]); 0 means no
+    /// limit.
     pub(crate) fn after_ms(ms: u32) -> Self {
         if ms == 0 {
-            return Self { end: None };
+            return Self {
+                end: None,
+                marks_unresponsive: true,
+            };
         }
+        let ms = ms.max(MIN_TIMEOUT_MS);
+        // SAFETY: No preconditions.
+        let module = unsafe { glue::virtio_nn_timeout_ms() };
         // SAFETY: the C helper only reads `jiffies` and converts `ms`; it has
         // no preconditions.
         let end = unsafe { glue::virtio_nn_jiffies_after_ms(ms) };
-        Self { end: Some(end) }
+        Self {
+            end: Some(end),
+            marks_unresponsive: module != 0 && ms >= module,
+        }
     }
 
     /// `ms` milliseconds from now; 0 means the module's `timeout_ms`.
@@ -59,6 +86,12 @@ impl Deadline {
     pub(crate) fn module_default() -> Self {
         // SAFETY: No preconditions.
         Self::after_ms(unsafe { glue::virtio_nn_timeout_ms() })
+    }
+
+    /// Whether running out may mark the device unresponsive (the timeout
+    /// is at least the module's `timeout_ms`).
+    pub(crate) fn marks_unresponsive(&self) -> bool {
+        self.marks_unresponsive
     }
 
     /// Jiffies left (0 once it has passed), `c_long::MAX`
@@ -104,7 +137,21 @@ pub(crate) struct Request {
     used_len: AtomicU32,
     /// 0, or a negative errno if the request was failed without an answer.
     error: AtomicI32,
+    /// [`WAITING`], [`ORPHANED`] or [`DONE`].
+    state: AtomicU32,
+    /// The orphan counter of the queue the request was put on (null before).
+    queue_orphans: AtomicPtr<AtomicU32>,
+    /// The orphan counter of the uid it is charged to, once orphaned.
+    uid_orphans: AtomicPtr<AtomicU32>,
 }
+
+/// [`Request::state`]: the waiter waits for the answer (or has not given up
+/// yet).
+const WAITING: u32 = 0;
+/// The waiter gave up while the device held the request: an orphan.
+const ORPHANED: u32 = 1;
+/// The device handed the request back (or it was failed).
+const DONE: u32 = 2;
 
 impl Request {
     /// Creates a request with the given id and `num_samples` rows of
@@ -133,12 +180,14 @@ impl Request {
         };
         let readable_len = RequestHeader::SIZE + inputs.len() * 4;
         let writable_len = ResponseHeader::SIZE + num_samples * out_dim * 4;
-        let mut buf = KVec::with_capacity(readable_len + writable_len, GFP_KERNEL)?;
-        buf.extend_from_slice(&header.to_bytes(), GFP_KERNEL)?;
+        // Charged to the caller's memory cgroup: the request may outlive
+        // the call (an orphan).
+        let mut buf = KVec::with_capacity(readable_len + writable_len, GFP_KERNEL_ACCOUNT)?;
+        buf.extend_from_slice(&header.to_bytes(), GFP_KERNEL_ACCOUNT)?;
         for v in inputs {
-            buf.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL)?;
+            buf.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
         }
-        buf.extend_with(writable_len, 0, GFP_KERNEL)?;
+        buf.extend_with(writable_len, 0, GFP_KERNEL_ACCOUNT)?;
         let (ptr, len, cap) = buf.into_raw_parts();
         // SAFETY: `ptr`, `len` and `cap` come from `into_raw_parts` of a
         // `KVec` of the same allocator, and `Opaque<u8>` has the layout of
@@ -155,8 +204,11 @@ impl Request {
                 readable_len,
                 used_len: AtomicU32::new(0),
                 error: AtomicI32::new(0),
+                state: AtomicU32::new(WAITING),
+                queue_orphans: AtomicPtr::new(core::ptr::null_mut()),
+                uid_orphans: AtomicPtr::new(core::ptr::null_mut()),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )
     }
 
@@ -175,6 +227,52 @@ impl Request {
         // past the end of) the allocation.
         let start = unsafe { start.add(self.readable_len) };
         (start, self.buf.len() - self.readable_len)
+    }
+
+    /// Records the orphan counter of the queue the request is put on.
+    ///
+    /// # Safety
+    ///
+    /// `counter` must stay valid until the request is handed back or failed
+    /// ([`Request::complete_token`]).
+    pub(crate) unsafe fn set_queue_orphans(&self, counter: &AtomicU32) {
+        self.queue_orphans
+            .store(ptr::from_ref(counter).cast_mut(), Ordering::Relaxed);
+    }
+
+    /// Makes the request an orphan charged to `uid_counter`, already
+    /// incremented by the caller (and to its queue's counter): its waiter
+    /// gives up. If the device has handed it back already, it is not one:
+    /// the counter is decremented again and false returned.
+    ///
+    /// # Safety
+    ///
+    /// The request must be on a queue (submitted), and `uid_counter` must
+    /// stay valid until the request is handed back or failed.
+    pub(crate) unsafe fn orphan(&self, uid_counter: &AtomicU32) -> bool {
+        let queue = self.queue_orphans.load(Ordering::Relaxed);
+        // Counted first: the device may hand it back at any moment.
+        // SAFETY: Set at submission, valid while the request is on the
+        // queue (caller).
+        if let Some(q) = unsafe { queue.as_ref() } {
+            q.fetch_add(1, Ordering::Relaxed);
+        }
+        self.uid_orphans
+            .store(ptr::from_ref(uid_counter).cast_mut(), Ordering::Relaxed);
+        if self
+            .state
+            .compare_exchange(WAITING, ORPHANED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return true;
+        }
+        // Handed back meanwhile: not an orphan.
+        uid_counter.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: As above.
+        if let Some(q) = unsafe { queue.as_ref() } {
+            q.fetch_sub(1, Ordering::Relaxed);
+        }
+        false
     }
 
     /// Gives the device a reference: the token to put on the virtqueue.
@@ -207,6 +305,18 @@ impl Request {
         let req = unsafe { Arc::from_raw(token.cast::<Self>()) };
         req.used_len.store(used_len, Ordering::Release);
         req.error.store(error, Ordering::Release);
+        if req.state.swap(DONE, Ordering::AcqRel) == ORPHANED {
+            // SAFETY: An orphan's counters are set before it becomes one and
+            // stay valid until now (`orphan`, `set_queue_orphans`).
+            unsafe {
+                if let Some(u) = req.uid_orphans.load(Ordering::Relaxed).as_ref() {
+                    u.fetch_sub(1, Ordering::Relaxed);
+                }
+                if let Some(q) = req.queue_orphans.load(Ordering::Relaxed).as_ref() {
+                    q.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
         // SAFETY: `done` was initialised in `new`.
         unsafe { bindings::complete(req.done.get()) };
     }

@@ -168,6 +168,11 @@ fn model_info(out: &mut [u8]) -> Result<isize> {
         d.write_queue_counts(&mut w).map_err(|_| EINVAL)?;
     }
     w.write_char('\n').map_err(|_| EINVAL)?;
+    w.write_str("Queue orphans: ").map_err(|_| EINVAL)?;
+    if let Some(d) = &dev {
+        d.write_queue_orphans(&mut w).map_err(|_| EINVAL)?;
+    }
+    w.write_char('\n').map_err(|_| EINVAL)?;
     Ok(w.len as isize)
 }
 
@@ -182,6 +187,10 @@ pub(crate) extern "C" fn virtio_nn_performance_show(buf: *mut c_char) -> isize {
         crate::stats::STATS
             .show(&mut w, entries)
             .map_err(|_| EINVAL)?;
+        let orphans = crate::globals()?
+            .current_device()
+            .map_or(0, |d| d.orphans());
+        writeln!(w, "orphans: {}", orphans).map_err(|_| EINVAL)?;
         Ok(w.len as isize)
     })
 }

@@ -16,7 +16,9 @@
  * sync.
  */
 
+#include <linux/capability.h>
 #include <linux/completion.h>
+#include <linux/cred.h>
 #include <linux/err.h>
 #include <linux/jiffies.h>
 #include <linux/kobject.h>
@@ -67,6 +69,26 @@ MODULE_PARM_DESC(cache_ms,
 unsigned int virtio_nn_cache_ms(void)
 {
 	return READ_ONCE(cache_ms);
+}
+
+static unsigned int max_orphans = 8;
+module_param(max_orphans, uint, 0644);
+MODULE_PARM_DESC(max_orphans,
+		 "Requests a uid may have abandoned (timed out, killed) while the device still holds them; more: EAGAIN (0: no limit)");
+
+unsigned int virtio_nn_max_orphans(void)
+{
+	return READ_ONCE(max_orphans);
+}
+
+static unsigned int cache_fallback_ms = 30000;
+module_param(cache_fallback_ms, uint, 0644);
+MODULE_PARM_DESC(cache_fallback_ms,
+		 "Oldest cached answer returned when a request times out, in ms (0: no fallback)");
+
+unsigned int virtio_nn_cache_fallback_ms(void)
+{
+	return READ_ONCE(cache_fallback_ms);
 }
 
 /* --- time and CPU helpers ---------------------------------------------- */
@@ -298,10 +320,36 @@ void virtio_nn_rcu_read_unlock(void)
 	rcu_read_unlock();
 }
 
-/* Global number of the session of the calling task. */
-int virtio_nn_current_session(void)
+/*
+ * The session of the calling task, pinned (the caller puts it with
+ * put_pid()). task_session() needs RCU: another thread of the group may
+ * call setsid() meanwhile.
+ */
+struct pid *virtio_nn_get_session(void)
 {
-	return pid_nr(task_session(current));
+	struct pid *pid;
+
+	rcu_read_lock();
+	pid = get_pid(task_session(current));
+	rcu_read_unlock();
+	return pid;
+}
+
+/* Whether a task is still in the session @pid (a pinned struct pid). */
+bool virtio_nn_session_alive(struct pid *pid)
+{
+	bool alive;
+
+	rcu_read_lock();
+	alive = pid_has_task(pid, PIDTYPE_SID);
+	rcu_read_unlock();
+	return alive;
+}
+
+/* The effective uid of the calling task (kernel-internal kuid value). */
+u32 virtio_nn_current_euid(void)
+{
+	return __kuid_val(current_euid());
 }
 
 /* --- /proc/neural_network/{predict,predict_q16} ------------------------ */
@@ -421,6 +469,22 @@ static const struct file_operations virtio_nn_dev_fops = {
 	.llseek = default_llseek,
 };
 
+/*
+ * Who may use /dev/neural_network. dev_mode: the mode devtmpfs gives the
+ * node (default 0666, the seed's interface; e.g. 0660 with a udev/mdev rule
+ * that sets its group). dev_gid: if set (>= 0), open() also requires
+ * membership of that group (or CAP_DAC_OVERRIDE), whatever the node's mode
+ * and owner: the misc core cannot give devtmpfs a group.
+ */
+static ushort dev_mode = 0666;
+module_param(dev_mode, ushort, 0444);
+MODULE_PARM_DESC(dev_mode, "Mode of /dev/neural_network (default 0666)");
+
+static int dev_gid = -1;
+module_param(dev_gid, int, 0444);
+MODULE_PARM_DESC(dev_gid,
+		 "Only members of this group may open /dev/neural_network (-1: anyone the mode allows)");
+
 static struct miscdevice virtio_nn_misc = {
 	.minor = MISC_DYNAMIC_MINOR,
 	.name = "neural_network",
@@ -430,7 +494,19 @@ static struct miscdevice virtio_nn_misc = {
 
 int virtio_nn_misc_register(void)
 {
+	virtio_nn_misc.mode = dev_mode & 0777;
 	return misc_register(&virtio_nn_misc);
+}
+
+/* Whether the caller may open /dev/neural_network (dev_gid). */
+bool virtio_nn_dev_allowed(void)
+{
+	kgid_t gid;
+
+	if (dev_gid < 0)
+		return true;
+	gid = make_kgid(&init_user_ns, dev_gid);
+	return gid_valid(gid) && (in_group_p(gid) || capable(CAP_DAC_OVERRIDE));
 }
 
 void virtio_nn_misc_deregister(void)

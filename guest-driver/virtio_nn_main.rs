@@ -20,14 +20,19 @@
 //! * A kernel API for other modules, `include/neural_api.h` (see [`api`]).
 //!
 //! Module parameters: `timeout_ms` (default 5000), `cache_ms` (result
-//! cache expiry, default 1000, see [`cache`]), `health_interval_ms`
-//! (default 60000).
+//! cache expiry, default 1000, see [`cache`]), `cache_fallback_ms` (oldest
+//! fallback answer, default 30000), `dev_mode` and `dev_gid` (who may open
+//! `/dev/neural_network`, see [`devfile`]), `health_interval_ms`
+//! (default 60000), `max_orphans` (abandoned requests in flight per uid
+//! before `EAGAIN`, default 8, see [`orphans`]).
 //!
 //! Whose answer a read returns: each open file keeps the answer of its own
 //! last successful write. A read on an open file that made no prediction
-//! returns the last answer made in the caller's session (so that
-//! `echo ... > predict; cat predict` works), from a table of the last 32
-//! sessions kept per file; `ENODATA` if there is none.
+//! returns the last answer made in the caller's session by the caller's
+//! euid (so that `echo ... > predict; cat predict` works), from a table per
+//! file keyed by the pinned session `struct pid` and the euid (at most 8
+//! sessions per uid, dropped when the session ends; see [`session`]);
+//! `ENODATA` if there is none.
 //!
 //! Errors of a write (nothing changes on error): `EINVAL` for a malformed
 //! or empty write, a write over 64 KiB, a value out of range, a wrong value
@@ -35,14 +40,15 @@
 //! device or it has no model; `ETIMEDOUT` when the device does not answer
 //! within the module parameter `timeout_ms` (default 5000, 0 for no limit);
 //! `EINTR` on a fatal signal; `EIO` for a failing device or an invalid
-//! answer.
+//! answer; `EAGAIN` when the caller's uid has `max_orphans` abandoned
+//! requests in flight.
 //!
 //! Files: `device.rs` (the request queues, one per CPU, and predictions),
 //! `device/probe.rs` (probe/remove, virtio callbacks), `events.rs` (the
 //! event queue: model change notifications), `request.rs` (the request
 //! object), `predict.rs` (the path every prediction takes), `config_snap.rs`,
 //! `api.rs`, `devfile.rs`, `stats.rs`, `health.rs`, `cache.rs`, `procfs.rs`,
-//! `session.rs`, `sysfs.rs`, `irq_lock.rs`, `glue.rs` (declarations of the
+//! `session.rs`, `orphans.rs`, `sysfs.rs`, `irq_lock.rs`, `glue.rs` (declarations of the
 //! C glue in `virtio_nn_glue.c`); from nn-core: `protocol.rs` (the wire
 //! protocol), `proc_text.rs` (the /proc text format), `dev_abi.rs` (the
 //! /dev binary layout).
@@ -79,6 +85,7 @@ mod fileio;
 mod glue;
 mod health;
 mod irq_lock;
+mod orphans;
 mod predict;
 mod procfs;
 mod request;
@@ -109,7 +116,8 @@ pub(crate) struct Globals {
     /// own, from `Arc::into_raw`; remove clears it, waits for an RCU grace
     /// period, then drops that reference.
     current: AtomicPtr<NnDevice>,
-    /// The last answer per session, for `predict` and for `predict_q16`.
+    /// The last answer per session and uid, for `predict` and for
+    /// `predict_q16`.
     #[pin]
     pub(crate) sessions: Mutex<[SessionTable; 2]>,
     /// Successful predictions since the module was loaded.

@@ -65,6 +65,9 @@ fn probe(vdev: *mut bindings::virtio_device) -> Result {
         unsafe { dev.events.start(event_vq) };
     }
 
+    // Answers cached from an earlier device (every daemon starts at
+    // generation 1) must not answer for this one.
+    globals.cache.new_epoch();
     if globals.publish(&dev) {
         pr_info!(
             "virtio{}: {}, generation {}, {} request queues{}\n",
@@ -162,6 +165,7 @@ pub(crate) extern "C" fn virtio_nn_remove(vdev: *mut bindings::virtio_device) {
     let dev = unsafe { Arc::<NnDevice>::from_raw((*vdev).priv_.cast()) };
     if let Ok(globals) = crate::globals() {
         globals.unpublish(&dev);
+        globals.cache.new_epoch();
     }
     // SAFETY: `vdev` is the device `dev` was probed with, still bound.
     unsafe { dev.teardown(vdev) };

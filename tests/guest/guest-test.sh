@@ -27,6 +27,19 @@ DEV=/dev/neural_network
 CPARAM=/sys/module/virtio_nn/parameters/cache_ms
 . /etc/nn-expected
 
+# Users for the isolation checks (busybox su as root asks no password and
+# sets the supplementary groups from /etc/group): alice and bob, bob in
+# nnusers (1234).
+printf 'root:x:0:0:root:/root:/bin/sh\nalice:x:1001:1001::/tmp:/bin/sh\nbob:x:1002:1002::/tmp:/bin/sh\n' >/etc/passwd
+printf 'root:x:0:\nalice:x:1001:\nbob:x:1002:\nnnusers:x:1234:bob\n' >/etc/group
+# as USER CMD : CMD (a shell command line) as USER, in the caller's session
+as() { su -s /bin/sh "$1" -c "$2"; }
+# devrun_as USER FILE : devrun as USER (FILE readable by all)
+devrun_as() {
+    as "$1" "sh -c 'exec 3<>$DEV; dd if=$2 bs=8M 2>/dev/null >&3; dd bs=8M count=1 2>/dev/null <&3'" |
+        od -An -t d4 -v | tr -s ' \n' '  ' | sed 's/^ //; s/ $//'
+}
+
 fails=0
 ok() { echo "CHECK OK: $1"; }
 bad() { echo "CHECK FAIL: $1"; fails=$((fails + 1)); }
@@ -202,6 +215,39 @@ expect_eq "health checks bypass the result cache" "$(($(kv $PERF requests) - r0)
 echo 0 >$CPARAM
 expect_eq "health: default interval" "$(cat /sys/module/virtio_nn/parameters/health_interval_ms)" "60000"
 
+echo "== isolation between users: /proc session answers"
+echo "$Q1_IN" >$Q
+expect_err "another uid in the same session gets no answer" "No data available" as alice "cat $Q"
+as alice "echo '$QX_IN' >$Q"
+expect_eq "a uid reads its own answer in the session" "$(as alice "cat $Q")" "$QX_OUT"
+expect_eq "and the other uid its own" "$(cat $Q)" "$Q1_OUT"
+i=0
+while [ $i -lt 40 ]; do as bob "setsid sh -c \"echo '$Q1_IN' >$Q\""; i=$((i + 1)); done
+expect_eq "40 sessions of another uid do not evict this session's answer" "$(cat $Q)" "$Q1_OUT"
+# PID reuse: a victim session writes and ends; a new session that gets the
+# same session id (pid_max lowered so that ids come round quickly) must not
+# read the victim's answer.
+pmax=$(cat /proc/sys/kernel/pid_max)
+echo 400 >/proc/sys/kernel/pid_max
+# from here on new ids go round 300..399 (below 300 at first on a young guest)
+while [ "$(sh -c 'echo $$')" -lt 300 ]; do :; done
+printf '%s\n' "echo '$QX_IN' >$Q" "cut -d' ' -f6 /proc/self/stat >/tmp/vsid" >/tmp/victim.sh
+as alice "setsid sh /tmp/victim.sh"
+vs=$(cat /tmp/vsid)
+cat >/tmp/reuse.sh <<EOF
+i=0
+while [ \$i -lt 2000 ]; do
+    sh -c '[ \$\$ -eq $vs ] || exit 7; exec setsid cat $Q'
+    rc=\$?
+    [ \$rc -ne 7 ] && exit \$rc
+    i=\$((i + 1))
+done
+echo "session id $vs not reused"
+EOF
+out=$(as alice "sh /tmp/reuse.sh" 2>&1)
+echo "$pmax" >/proc/sys/kernel/pid_max
+expect_eq "a new session with a reused session id ($vs) gets no answer" "$out" "cat: read error: No data available"
+
 echo "== /dev/neural_network (binary interface)"
 expect_eq "device node mode" "$(ls -l $DEV | cut -c1-10)" "crw-rw-rw-"
 q1=$(echo "$Q1_IN" | tr ',' ' ')
@@ -296,6 +342,10 @@ echo "$Q1_IN" >$Q
 expect_eq "an identical prediction within cache_ms is a cache hit" "$(($(kv $PERF 'Cache hits') - h0)) $(($(kv $PERF requests) - r0))" "1 1"
 expect_eq "the cached answer" "$(cat $Q)" "$Q1_OUT"
 expect_eq "cache_entries" "$(kv $PERF cache_entries)" "1"
+h0=$(kv $PERF 'Cache hits')
+r0=$(kv $PERF requests)
+as alice "echo '$Q1_IN' >$Q"
+expect_eq "cache entries are per uid: another uid's same inputs are a miss" "$(($(kv $PERF 'Cache hits') - h0)) $(($(kv $PERF requests) - r0))" "0 1"
 echo "$QX_IN" >$Q
 echo 2 >/proc/sys/vm/drop_caches
 expect_eq "memory pressure (drop_caches): the shrinker empties the cache" "$(kv $PERF cache_entries)" "0"
@@ -309,6 +359,13 @@ echo "$Q1_IN" >$Q
 expect_eq "timeout: the expired cached answer is the fallback" "$(cat $Q) $(($(kv $PERF cache_fallbacks) - f0))" "$Q1_OUT 1"
 expect_err "timeout without a cached answer: ETIMEDOUT" "Connection timed out" wr $Q "$QX_IN"
 host cont-daemon
+echo 600 >/sys/module/virtio_nn/parameters/cache_fallback_ms
+echo "$Q1_IN" >$Q
+sleep 1
+host stop-daemon
+expect_err "timeout: no fallback older than cache_fallback_ms (600)" "Connection timed out" wr $Q "$Q1_IN"
+host cont-daemon
+echo 30000 >/sys/module/virtio_nn/parameters/cache_fallback_ms
 echo 5000 >$PARAM
 echo 0 >$CPARAM
 
@@ -339,6 +396,32 @@ if [ -n "$VQ_SIZE" ]; then
     cat /tmp/sig
     echo 5000 >$PARAM
 fi
+
+echo "== isolation between users: abandoned requests (orphans)"
+mkreq $RQ 1 $in_w 1 $q1 >/tmp/req1ms
+mkreq $RQ 1 $in_w 200 $q1 >/tmp/req200
+chmod 644 /tmp/req1ms /tmp/req1
+echo "$Q1_IN" >$Q
+expect_eq "the device answers (active)" "$(kv $INFO Status)" "active"
+host stop-daemon
+cat >/tmp/orphans.sh <<EOF
+i=0
+while [ \$i -lt 12 ]; do
+    sh -c "exec 3<>$DEV; dd if=/tmp/req1ms bs=1M >&3" 2>&1 | grep -o 'timed out\|temporarily unavailable'
+    i=\$((i + 1))
+done
+EOF
+out=$(as bob "sh /tmp/orphans.sh" | sort | uniq -c | sed 's/^ *//' | tr '\n' ',')
+if [ -z "$VQ_SIZE" ] || [ "$VQ_SIZE" -ge 16 ]; then
+    expect_eq "12 requests of 1 ms: 8 orphans, then EAGAIN" "$out" "4 temporarily unavailable,8 timed out,"
+fi
+expect_eq "short timeouts do not mark the device unresponsive" "$(kv $INFO Status)" "active"
+expect_err "another uid is not refused (ETIMEDOUT)" "timed out" devwrite /tmp/req200
+host cont-daemon
+n=0
+while [ $n -lt 30 ] && [ "$(kv $PERF orphans)" != 0 ]; do sleep 0.1; n=$((n + 1)); done
+expect_eq "late answers end the orphans" "$(kv $PERF orphans)" "0"
+expect_eq "the uid is served again" "$(devrun_as bob /tmp/req1)" "$RS 1 $out_w $(kv $INFO Generation) $q1out"
 
 echo "== model hot-swap (daemon admin socket), with the result cache on"
 echo 1000 >$CPARAM
@@ -432,9 +515,33 @@ expect_eq "health: ok again after replug" "$(kv $HEALTH status) $(kv $HEALTH con
 cat $HEALTH | tr '\n' ' '; echo
 expect_eq "health: changes logged" "$(dmesg | grep 'health check:' | tail -n 2 | sed 's/.*health check: //' | tr '\n' ' ')" "failing (-19) ok "
 
+echo "== cached answers do not outlive the device"
+echo 60000 >$CPARAM
+echo "$Q1_IN" >$Q
+host unplug
+host replug-b
+n=0
+while [ $n -lt 100 ] && ! grep -q "Status: active" $INFO; do sleep 0.1; n=$((n + 1)); done
+echo "$Q1_IN" >$Q
+expect_eq "after a replug with other weights (generation 1 again): the new model's answer" "$(cat $Q)" "$B_OUT"
+echo 0 >$CPARAM
+host swap-a
+
 echo "== rmmod while a file is open"
 out=$(sh -c "exec 3<>$P; echo '$IN1' >&3; rmmod virtio_nn; echo rmmod=\$?; cat <&3; echo cat=\$?" 2>&1 | tr '\n' ' ')
 expect_eq "rmmod with an open file, then its read fails" "$out" "rmmod=0 cat: read error: Input/output error cat=1 "
+insmod /lib/modules/virtio_nn.ko cache_ms=0
+expect_eq "insmod again rc" "$?" "0"
+
+echo "== /dev/neural_network: dev_mode, dev_gid"
+rmmod virtio_nn
+insmod /lib/modules/virtio_nn.ko cache_ms=0 dev_mode=0600 || insmod /lib/modules/virtio_nn.ko cache_ms=0
+expect_eq "dev_mode=0600" "$(ls -l $DEV | cut -c1-10)" "crw-------"
+rmmod virtio_nn
+insmod /lib/modules/virtio_nn.ko cache_ms=0 dev_gid=1234 || insmod /lib/modules/virtio_nn.ko cache_ms=0
+expect_eq "dev_gid: a member of the group is served" "$(devrun_as bob /tmp/req1)" "$RS 1 $out_w $(kv $INFO Generation) $q1out"
+expect_err "dev_gid: another uid cannot open it (EACCES)" "Permission denied" as alice "exec 3<>$DEV"
+rmmod virtio_nn
 insmod /lib/modules/virtio_nn.ko cache_ms=0
 expect_eq "insmod again rc" "$?" "0"
 

@@ -27,7 +27,8 @@ runner serves the guest script's "@@HOST:<what>" requests: stop-daemon /
 cont-daemon (SIGSTOP/SIGCONT, to make a request time out and then be
 answered late), swap-a|b|c (admin load), unplug / replug (QMP device_del,
 daemon restart, device_add), kernel-log (the guest's dmesg follows; the
-runner answers "clean" or what nnlib.bad_log_lines found). The
+runner answers "clean" or what nnlib.bad_log_lines found), replug-b (the daemon
+restarted with model b: generation 1 again, other weights). The
 /dev/neural_network magics and header layouts go to /etc/nn-expected from
 `nn-model abi`. Exit status 0 if the guest prints "GUEST-TEST: PASS".
 """
@@ -184,7 +185,11 @@ def serve(guest, daemon, models):
         elif what == "unplug":
             guest.unplug()
             daemon.stop()
-        elif what == "replug":
+        elif what in ("replug", "replug-b"):
+            # replug-b: the restarted daemon serves model b (generation 1
+            # again, as every fresh daemon)
+            if what == "replug-b":
+                daemon.model = models["b"]
             daemon.start()
             guest.replug(daemon.sock)
         print(f"[runner] done: {what}", flush=True)
