@@ -91,48 +91,46 @@ class Bench(NNTest):
                          p50=f"<={perf['latency_p50_us']} us", p99=f"<={perf['latency_p99_us']} us",
                          note=f"driver histogram, {perf['requests']} requests"))
         # /dev/neural_network, batch 1 and 256, predictions and null requests
-        if self.has("/dev/neural_network"):
-            g.put_words("/tmp/sample", self.q1)
-            for batch in (1, 256):
-                for name, kind in (("predict", "request"), ("null", "null")):
-                    g.put_words("/tmp/req", nnlib.dev_request(self.in_w, [], num_samples=batch,
-                                                              magic=nnlib.dev_magic(kind)))
-                    g.out(f"i=0; while [ $i -lt {batch} ]; do cat /tmp/sample >>/tmp/req; "
-                          "i=$((i+1)); done")
-                    n = N if batch == 1 else max(10, N // 10)
-                    self._fresh_module()
-                    rate = self._timed(f"i=0; exec 3<>/dev/neural_network; while [ $i -lt {n} ]; "
-                                       "do dd if=/tmp/req bs=1M >&3 2>/dev/null; "
-                                       "dd bs=1M count=1 <&3 >/dev/null 2>&1; i=$((i+1)); done; "
-                                       "exec 3<&-", n)
-                    row = dict(path=f"/dev/neural_network ({name})", batch=batch,
-                               rate=f"{rate * batch:.0f}")
-                    if name == "predict":
-                        perf = g.kv(PERF)
-                        row.update(p50=f"<={perf['latency_p50_us']} us",
-                                   p99=f"<={perf['latency_p99_us']} us",
-                                   note=f"driver histogram, {perf['requests']} requests")
-                    else:
-                        row.update(note="NNRN: same round trip, no inference (not in the "
-                                        "driver's histogram)")
-                    rows.append(row)
-        else:
-            rows.append(dict(path="/dev/neural_network", note="not present in this driver"))
+        # The driver always creates /dev/neural_network; its absence is a bug.
+        self.require("/dev/neural_network")
+        g.put_words("/tmp/sample", self.q1)
+        for batch in (1, 256):
+            for name, kind in (("predict", "request"), ("null", "null")):
+                g.put_words("/tmp/req", nnlib.dev_request(self.in_w, [], num_samples=batch,
+                                                          magic=nnlib.dev_magic(kind)))
+                g.out(f"i=0; while [ $i -lt {batch} ]; do cat /tmp/sample >>/tmp/req; "
+                      "i=$((i+1)); done")
+                n = N if batch == 1 else max(10, N // 10)
+                self._fresh_module()
+                rate = self._timed(f"i=0; exec 3<>/dev/neural_network; while [ $i -lt {n} ]; "
+                                   "do dd if=/tmp/req bs=1M >&3 2>/dev/null; "
+                                   "dd bs=1M count=1 <&3 >/dev/null 2>&1; i=$((i+1)); done; "
+                                   "exec 3<&-", n)
+                row = dict(path=f"/dev/neural_network ({name})", batch=batch,
+                           rate=f"{rate * batch:.0f}")
+                if name == "predict":
+                    perf = g.kv(PERF)
+                    row.update(p50=f"<={perf['latency_p50_us']} us",
+                               p99=f"<={perf['latency_p99_us']} us",
+                               note=f"driver histogram, {perf['requests']} requests")
+                else:
+                    row.update(note="NNRN: same round trip, no inference (not in the "
+                                    "driver's histogram)")
+                rows.append(row)
         # kernel API (nn_bench.ko)
-        if self.has("/lib/modules/nn_bench.ko"):
-            self._fresh_module()
-            g.out("dmesg -c >/dev/null")
-            g.out(f"insmod /lib/modules/nn_bench.ko iterations={N} batch=256 threads=1; "
-                  "rmmod nn_bench", timeout=1800)
-            for line in g.out("dmesg | grep 'nn_bench:'").splitlines():
-                m = re.search(r"nn_bench: ([\w-]+): .* x (\d+) samples.*p50 (\d+) us, p99 (\d+) us"
-                              r".*?(\d+) predictions/s", line)
-                if m:
-                    rows.append(dict(path=f"kernel API ({m.group(1)})", batch=int(m.group(2)),
-                                     rate=m.group(5), p50=f"{m.group(3)} us",
-                                     p99=f"{m.group(4)} us", note="nn_bench.ko, per call"))
-        else:
-            rows.append(dict(path="kernel API", note="nn_bench.ko not built"))
+        # The build always makes nn_bench.ko (scripts/build.sh).
+        self.require("/lib/modules/nn_bench.ko")
+        self._fresh_module()
+        g.out("dmesg -c >/dev/null")
+        g.out(f"insmod /lib/modules/nn_bench.ko iterations={N} batch=256 threads=1; "
+              "rmmod nn_bench", timeout=1800)
+        for line in g.out("dmesg | grep 'nn_bench:'").splitlines():
+            m = re.search(r"nn_bench: ([\w-]+): .* x (\d+) samples.*p50 (\d+) us, p99 (\d+) us"
+                          r".*?(\d+) predictions/s", line)
+            if m:
+                rows.append(dict(path=f"kernel API ({m.group(1)})", batch=int(m.group(2)),
+                                 rate=m.group(5), p50=f"{m.group(3)} us",
+                                 p99=f"{m.group(4)} us", note="nn_bench.ko, per call"))
         # admin load -> generation in sysfs model_info
         lat = []
         for i in range(20):
