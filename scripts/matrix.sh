@@ -6,13 +6,13 @@
 #   --full (default)  tests/avocado/matrix.yaml: queues {1,2,4} x vCPUs {1,2}
 #                     x NN_CORE_KERNEL {auto,scalar} x model {default,large}
 #                     x kernel {plain,debug} = 48 cells, every test
-#                     (Functional + Faults + Supervisor, 15 tests a cell;
+#                     (Functional + Faults + Supervisor, 16 tests a cell;
 #                     the 12 before Supervisor took 92 min with
 #                     --parallel 2 on 2 cores under TCG, most of it in the
 #                     debug cells)
 #   --smoke           tests/avocado/smoke.yaml: 3 cells (plain q2/smp2/auto/
 #                     default, plain q4/smp1/scalar/large, debug q1/smp2/auto/
-#                     default), every test (16 min after the builds on a
+#                     default), every test (17 min after the builds on a
 #                     loaded 2-core machine; Supervisor ~35 s of it per
 #                     plain cell, ~2 min on the debug cell);
 #                     what scripts/test.sh runs

@@ -13,7 +13,7 @@
 #     queue, rmmod under load, device unplug/replug with a daemon restart
 #  5. the avocado smoke subset (scripts/matrix.sh --smoke, tests/avocado):
 #     builds the debug kernel (KASAN + lockdep) and its module if missing
-#     (~7-10 min once), then 3 cells x every test (~16 min). Its Functional
+#     (~7-10 min once), then 3 cells x every test (~17 min). Its Functional
 #     tests are the end-to-end checks: each starts the daemon, boots a QEMU
 #     guest with the real driver and compares its /proc and /dev answers bit
 #     for bit with nn-core on the host (whole-number, Q16.16, extreme and
