@@ -230,11 +230,16 @@ impl VhostUserNnBackend {
         r
     }
 
+    /// A snapshot of guest memory (`None` before the memory table is set).
+    fn memory(&self) -> Option<crate::device::GuestMemoryRef> {
+        let mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+        mem.as_ref().map(GuestAddressSpace::memory)
+    }
+
     fn announce_once(&self, vring: &VringRwLock) -> Result<(), Error> {
-        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(mem) = self.memory() else {
             return Ok(());
         };
-        let mem = mem.memory();
         let cfg = self.device.config();
         let mut announced = self.announced.lock().unwrap_or_else(|e| e.into_inner());
         if *announced == cfg.generation
@@ -322,11 +327,10 @@ impl VhostUserNnBackend {
     /// Serves the chains of request queue `queue` one at a time, within a
     /// pass's budget, then signals the guest if the driver wants it.
     fn process_queue(&self, queue: u16, vring: &VringRwLock) -> Result<Pass, Error> {
-        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(mem) = self.memory() else {
             warn!("queue kicked before the memory table was set");
             return Ok(Pass::Stop);
         };
-        let mem = mem.memory();
         let q = usize::from(queue);
         let mut buf = self.buffers[q].lock().unwrap_or_else(|e| e.into_inner());
         let start = Instant::now();
@@ -338,12 +342,13 @@ impl VhostUserNnBackend {
             if served >= PASS_CHAINS || start.elapsed() >= PASS_TIME {
                 break Pass::Budget;
             }
-            let (chain, epoch) = {
+            let (chain, epoch, max_descs) = {
                 let mut state = vring.get_mut();
                 if !state.is_enabled() || !state.get_queue().ready() {
                     break Pass::Stop;
                 }
                 let epoch = self.epochs[q].load(Ordering::Acquire);
+                let max_descs = usize::from(state.get_queue().size());
                 let next = match state.get_queue_mut().iter(mem.clone()) {
                     Ok(mut it) => it.next(),
                     Err(e) => {
@@ -354,12 +359,11 @@ impl VhostUserNnBackend {
                     }
                 };
                 match next {
-                    Some(chain) => (chain, epoch),
+                    Some(chain) => (chain, epoch, max_descs),
                     None => break Pass::Drained,
                 }
             };
             let head = chain.head_index();
-            let max_descs = usize::from(vring.get_ref().get_queue().size());
             let begun = Instant::now();
             let stop = || self.stopping() || self.epochs[q].load(Ordering::Acquire) != epoch;
             let outcome = match self
@@ -399,10 +403,9 @@ impl VhostUserNnBackend {
     /// time; returns whether one arrived (notifications stay suppressed
     /// while polling).
     fn poll_queue(&self, vring: &VringRwLock) -> bool {
-        let Some(mem) = self.mem.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        let Some(mem) = self.memory() else {
             return false;
         };
-        let mem = mem.memory();
         let deadline = Instant::now() + self.poll;
         let mut spins = 0u32;
         loop {
