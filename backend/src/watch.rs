@@ -84,8 +84,15 @@ mod tests {
         false
     }
 
-    #[test]
-    fn reloads_changed_files_and_refuses_bad_ones() {
+    /// A temporary directory with a model file (input width 2), and a device,
+    /// its stats and an admin serving it.
+    fn serving_a_file() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        Arc<NnDevice>,
+        Arc<Stats>,
+        Arc<Admin>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         std::fs::write(&path, model(2).to_bytes()).unwrap();
@@ -96,6 +103,12 @@ mod tests {
             stats.clone(),
             nn_core::kernels::Kernel::Auto,
         ));
+        (dir, path, dev, stats, admin)
+    }
+
+    #[test]
+    fn reloads_changed_files_and_refuses_bad_ones() {
+        let (dir, path, dev, stats, admin) = serving_a_file();
         spawn(admin, path.clone(), Duration::from_millis(10)).unwrap();
 
         // Replace the file (rename over it, as deployment tools do).
@@ -117,16 +130,7 @@ mod tests {
 
     #[test]
     fn a_change_seen_during_an_admin_load_is_loaded_after_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.safetensors");
-        std::fs::write(&path, model(2).to_bytes()).unwrap();
-        let dev = Arc::new(NnDevice::new(model(2), path.clone(), 1).unwrap());
-        let stats = Arc::new(Stats::new(1));
-        let admin = Arc::new(Admin::new(
-            dev.clone(),
-            stats.clone(),
-            nn_core::kernels::Kernel::Auto,
-        ));
+        let (dir, path, dev, stats, admin) = serving_a_file();
         // An admin load in progress...
         let load = admin.hold_load_lock();
         spawn(admin.clone(), path.clone(), Duration::from_millis(10)).unwrap();

@@ -152,8 +152,9 @@ fn a_client_sending_one_byte_a_second_is_closed_at_the_deadline() {
     assert_eq!(st["admin"]["timed_out"], 1, "{st}");
 }
 
-#[test]
-fn loads_run_one_at_a_time_and_generations_follow_the_swaps() {
+/// A temporary directory and a daemon (default model, admin socket) that
+/// may load model files from it.
+fn daemon_loading_from_a_temp_dir() -> (tempfile::TempDir, Daemon) {
     let dir = tempfile::tempdir().unwrap();
     let d = common::daemon()
         .model(common::default_model())
@@ -162,6 +163,12 @@ fn loads_run_one_at_a_time_and_generations_follow_the_swaps() {
         .arg(dir.path())
         .start()
         .expect("daemon starts");
+    (dir, d)
+}
+
+#[test]
+fn loads_run_one_at_a_time_and_generations_follow_the_swaps() {
+    let (dir, d) = daemon_loading_from_a_temp_dir();
     // A 32 MiB model takes a while to read, check and hand over; a small
     // one is loaded over and over while it does.
     let big_model = common::model(&[4096, 2048], 1, "big");
@@ -292,14 +299,7 @@ fn the_admin_path_is_never_followed_or_replaced_but_a_stale_socket() {
 
 #[test]
 fn a_fifo_or_an_oversized_name_is_refused_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = common::daemon()
-        .model(common::default_model())
-        .admin()
-        .arg("--allow-model-dir")
-        .arg(dir.path())
-        .start()
-        .expect("daemon starts");
+    let (dir, d) = daemon_loading_from_a_temp_dir();
     let mut m = common::model(&[4, 2], 3, "");
     m.name = "x".repeat(nn_core::model::MAX_NAME_LEN + 1);
     let long = dir.path().join("long.safetensors");

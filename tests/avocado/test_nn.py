@@ -521,14 +521,10 @@ class Faults(NNTest):
         g.out(f"n=0; while [ $n -lt {secs * 10} ] && ! grep -q 'Status: active' {INFO}; "
               "do sleep 0.1; n=$((n+1)); done; grep 'Status: active' " + INFO, timeout=secs + 30)
 
-    def test_no_model_then_load(self):
-        """A daemon started without a model (unplug, a new daemon without
-        --model, replug): the driver binds, model_info says "no model",
-        predictions fail with ENODEV; the first admin load reaches the driver
-        (event queue) and the answers are the model's."""
+    def _replug_without_model(self):
+        """Unplug, kill -9 the daemon, start it again without --model, replug,
+        and wait until the driver shows "no model"."""
         g = self.guest
-        g.out(f"echo 0 >{CACHE_P}")
-        ref = self.ref(self.q1)
         model = self.daemon.model
         g.unplug(timeout=60)
         self.daemon.kill9()
@@ -540,10 +536,20 @@ class Faults(NNTest):
         g.replug(self.daemon.sock)
         g.out(f"n=0; while [ $n -lt 600 ] && ! grep -q 'Status: no model' {INFO}; "
               f"do sleep 0.1; n=$((n+1)); done; grep 'Status: no model' {INFO}", timeout=90)
+
+    def test_no_model_then_load(self):
+        """A daemon started without a model (unplug, a new daemon without
+        --model, replug): the driver binds, model_info says "no model",
+        predictions fail with ENODEV; the first admin load reaches the driver
+        (event queue) and the answers are the model's."""
+        g = self.guest
+        g.out(f"echo 0 >{CACHE_P}")
+        ref = self.ref(self.q1)
+        self._replug_without_model()
         rc, out = self.predict(self.q1)
         self.assertNotEqual(rc, 0, f"a prediction without a model answered: {out}")
         self.assertIn("No such device", out)
-        self.assertEqual(self.daemon.load(model), 1)
+        self.assertEqual(self.daemon.load(self.daemon.model), 1)
         self._wait_active(g)
         self.assertEqual(self.predict(self.q1)[1], ref, "after the first load")
         self.check_log()
@@ -713,17 +719,7 @@ class Faults(NNTest):
         survives; the restart procedure recovers."""
         g = self.guest
         g.out(f"echo 0 >{CACHE_P}; echo 1000 >{TIMEOUT_P}")
-        model = self.daemon.model
-        g.unplug(timeout=60)
-        self.daemon.kill9()
-        self.daemon.model = None
-        try:
-            self.daemon.start()
-        finally:
-            self.daemon.model = model
-        g.replug(self.daemon.sock)
-        g.out(f"n=0; while [ $n -lt 600 ] && ! grep -q 'Status: no model' {INFO}; "
-              f"do sleep 0.1; n=$((n+1)); done; grep 'Status: no model' {INFO}", timeout=90)
+        self._replug_without_model()
         self.daemon.kill9()
         time.sleep(1)
         for i in range(3):
