@@ -29,7 +29,8 @@ fn admin(d: &Daemon, req: Value) -> Value {
 /// `vhost-user-nn ctl --admin-socket PATH status`, run by a child that
 /// drops to uid and gid 65534 (fork, setgroups, setgid, setuid, exec).
 fn ctl_status_as_nobody(socket: &Path) -> (bool, String) {
-    let out = Command::new(common::DAEMON)
+    let (_dir, bin, _) = common::world_accessible_daemon();
+    let out = Command::new(&bin)
         .args(["ctl", "--admin-socket"])
         .arg(socket)
         .arg("status")
@@ -370,9 +371,12 @@ fn the_user_a_daemon_runs_as_may_use_its_admin_socket() {
     if skip_unless_root() {
         return;
     }
+    // Workers are started after the drop: nobody must be able to run the
+    // binary and read the model's directory.
+    let (_dir, bin, model) = common::world_accessible_daemon();
     for single in [false, true] {
-        let mut b = common::daemon()
-            .model(common::default_model())
+        let mut b = Daemon::builder(&bin)
+            .model(&model)
             .admin()
             .arg("--admin-socket-mode")
             .arg("666")

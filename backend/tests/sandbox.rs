@@ -417,8 +417,11 @@ fn with_user_the_supervisor_and_its_worker_run_as_that_user() {
         eprintln!("\n*** SKIPPED: not root, so --user cannot be tested ***\n");
         return;
     }
-    let daemon = common::daemon()
-        .model(common::default_model())
+    // Workers are started after the drop: nobody must be able to run the
+    // binary and read the model's directory.
+    let (_dir, bin, model) = common::world_accessible_daemon();
+    let daemon = vhost_user_nn::testing::daemon::Daemon::builder(&bin)
+        .model(&model)
         .arg("--user")
         .arg("nobody")
         .admin()

@@ -134,3 +134,24 @@ pub fn default_daemon_and_frontend(
     .expect("frontend connects");
     (daemon, fe)
 }
+
+/// Copies of the daemon binary and of the default model that any user may
+/// run and read, in a temporary directory any user may enter (kept as long
+/// as the returned guard): for tests that run the daemon, or let it start
+/// its workers, as another uid. The checkout itself may sit under a
+/// directory only its owner can enter. Returns (guard, binary, model).
+pub fn world_accessible_daemon() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    mode(dir.path(), 0o755);
+    let bin = dir.path().join("vhost-user-nn");
+    std::fs::copy(DAEMON, &bin).expect("copy the daemon");
+    mode(&bin, 0o755);
+    let model = dir.path().join("default.safetensors");
+    std::fs::copy(default_model(), &model).expect("copy the model");
+    mode(&model, 0o644);
+    (dir, bin, model)
+}
