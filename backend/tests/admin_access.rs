@@ -45,11 +45,7 @@ fn ctl_status_as_nobody(socket: &Path) -> (bool, String) {
 }
 
 fn skip_unless_root() -> bool {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("skipped: switching to uid {NOBODY} needs root");
-        return true;
-    }
-    false
+    common::skip_unless_root(&format!("switching to uid {NOBODY}"))
 }
 
 #[test]

@@ -412,9 +412,7 @@ fn ids(pid: u64) -> (String, String) {
 
 #[test]
 fn with_user_the_supervisor_and_its_worker_run_as_that_user() {
-    // SAFETY: geteuid only reads.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("\n*** SKIPPED: not root, so --user cannot be tested ***\n");
+    if common::skip_unless_root("--user") {
         return;
     }
     // Workers are started after the drop: nobody must be able to run the

@@ -155,3 +155,17 @@ pub fn world_accessible_daemon() -> (tempfile::TempDir, PathBuf, PathBuf) {
     mode(&model, 0o644);
     (dir, bin, model)
 }
+
+/// Whether a test that switches to another uid must be skipped: only when
+/// not root and `VIRTIO_NN_ALLOW_SKIP_ROOT` is set (said on stderr);
+/// without root and without the opt-out the test fails.
+pub fn skip_unless_root(what: &str) -> bool {
+    if rustix::process::geteuid().as_raw() == 0 {
+        return false;
+    }
+    if std::env::var_os("VIRTIO_NN_ALLOW_SKIP_ROOT").is_some() {
+        eprintln!("\n*** SKIPPED (VIRTIO_NN_ALLOW_SKIP_ROOT): {what} needs root ***\n");
+        return true;
+    }
+    panic!("{what} needs root (set VIRTIO_NN_ALLOW_SKIP_ROOT=1 to skip it)");
+}
