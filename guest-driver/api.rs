@@ -1,10 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The kernel API for other modules: `include/neural_api.h`.
-//!
-//! The functions are `#[no_mangle] extern "C"` here and exported with
-//! `EXPORT_SYMBOL_GPL` by the C glue. The structs mirror the header's; keep
-//! the two in sync.
+//! The kernel API for other modules (`include/neural_api.h`): what each
+//! call does once its C arguments are slices (the entry points and the
+//! header's structs are in [`crate::bind::api`]).
 //!
 //! A call copies the inputs into the request before it is sent and writes
 //! the outputs into the caller's buffer only on success, in the caller's
@@ -12,213 +10,71 @@
 //! touched again (the late answer lands in the driver's own refcounted
 //! request, which is freed when the device hands it back).
 
+use crate::protocol::{MAX_BATCH, MAX_DIM};
 use crate::request::Deadline;
-use kernel::ffi::c_int;
 use kernel::prelude::*;
 
-/// `struct neural_prediction_request`.
-#[repr(C)]
-pub(crate) struct NeuralPredictionRequest {
-    input_data: *mut i32,
-    output_data: *mut i32,
-    input_size: c_int,
-    output_size: c_int,
-    timeout_ms: c_int,
-}
-
-/// `struct neural_batch_request`.
-#[repr(C)]
-pub(crate) struct NeuralBatchRequest {
-    input_data: *const i32,
-    output_data: *mut i32,
-    num_samples: u32,
-    input_size: u32,
-    output_size: u32,
-    timeout_ms: c_int,
-}
-
-/// `struct neural_model_info`.
-#[repr(C)]
-pub(crate) struct NeuralModelInfo {
-    input_size: u32,
-    output_size: u32,
-    max_batch: u32,
-    generation: u32,
-}
-
-/// The deadline of a call's `timeout_ms` (0: the module parameter).
-fn deadline(timeout_ms: c_int) -> Result<Deadline> {
+/// The deadline of a call's `timeout_ms` (0: the module parameter; a
+/// negative value is `EINVAL`).
+pub(crate) fn deadline(timeout_ms: i32) -> Result<Deadline> {
     let ms = u32::try_from(timeout_ms).map_err(|_| EINVAL)?;
     Ok(Deadline::after_ms_or_default(ms))
 }
 
-/// The caller's `num_samples` rows of `in_size` input values, or `EINVAL`
-/// for a NULL pointer, no rows, a width of 0 or sizes above the protocol's
-/// bounds.
-///
-/// # Safety
-///
-/// `input` must be valid for reads of `num_samples * in_size` values for
-/// `'a`.
-unsafe fn input_rows<'a>(
-    input: *const i32,
+/// Checks the shape of a call: `num_samples` rows of `in_size` inputs (and
+/// of `out_size` outputs, if any) within the protocol's bounds; `EINVAL`
+/// otherwise. Returns the input and output value counts.
+pub(crate) fn shape(
     num_samples: usize,
     in_size: usize,
-) -> Result<&'a [i32]> {
-    if input.is_null()
-        || num_samples == 0
-        || num_samples > crate::protocol::MAX_BATCH as usize
-        || in_size == 0
-        || in_size > crate::protocol::MAX_DIM as usize
+    out_size: Option<usize>,
+) -> Result<(usize, usize)> {
+    let dim_ok = |d: usize| d != 0 && d <= MAX_DIM as usize;
+    if num_samples == 0
+        || num_samples > MAX_BATCH as usize
+        || !dim_ok(in_size)
+        || !out_size.map_or(true, dim_ok)
     {
         return Err(EINVAL);
     }
-    // SAFETY: Guaranteed by the caller; the bounds above keep the product
-    // small.
-    Ok(unsafe { core::slice::from_raw_parts(input, num_samples * in_size) })
+    let n_in = num_samples.checked_mul(in_size).ok_or(EINVAL)?;
+    let n_out = num_samples
+        .checked_mul(out_size.unwrap_or(0))
+        .ok_or(EINVAL)?;
+    Ok((n_in, n_out))
 }
 
-/// Runs `num_samples` rows and copies the outputs to `output` on success.
-///
-/// # Safety
-///
-/// `input` must be valid for reads of `num_samples * in_size` values and
-/// `output` for writes of `num_samples * out_size` values, for the call.
-unsafe fn run(
-    input: *const i32,
-    output: *mut i32,
+/// Runs the `num_samples` rows of `in_size` values of `inputs` and copies
+/// the outputs (rows of `out_size`) to `outputs` on success (both of the
+/// sizes [`shape`] gave).
+pub(crate) fn run(
+    inputs: &[i32],
+    outputs: &mut [i32],
     num_samples: usize,
-    in_size: usize,
-    out_size: usize,
+    (in_size, out_size): (usize, usize),
     deadline: &Deadline,
 ) -> Result {
-    if output.is_null() || out_size == 0 || out_size > crate::protocol::MAX_DIM as usize {
-        return Err(EINVAL);
-    }
-    // SAFETY: Guaranteed by the caller.
-    let inputs = unsafe { input_rows(input, num_samples, in_size) }?;
-    let n_out = num_samples * out_size;
-    let outputs = crate::predict::run(inputs, num_samples, Some((in_size, out_size)), deadline)?;
-    if outputs.len() != n_out {
+    let answer = crate::predict::run(inputs, num_samples, Some((in_size, out_size)), deadline)?;
+    if answer.len() != outputs.len() {
         return Err(EIO);
     }
-    // SAFETY: Guaranteed by the caller; `outputs` is our own buffer.
-    unsafe { core::ptr::copy_nonoverlapping(outputs.as_ptr(), output, n_out) };
+    outputs.copy_from_slice(&answer);
     Ok(())
 }
 
-fn to_ret(r: Result) -> c_int {
-    match r {
-        Ok(()) => 0,
-        Err(e) => e.to_errno(),
-    }
+/// The round trip of a batch without inference.
+pub(crate) fn null(inputs: &[i32], num_samples: usize, deadline: &Deadline) -> Result {
+    crate::predict::null(inputs, num_samples, deadline).map(|_| ())
 }
 
-/// `neural_api_predict()`: one sample.
-#[no_mangle]
-pub(crate) extern "C" fn neural_api_predict(req: *mut NeuralPredictionRequest) -> c_int {
-    if req.is_null() {
-        return EINVAL.to_errno();
-    }
-    // SAFETY: The caller passes a valid request (header contract).
-    let r = unsafe { &*req };
-    to_ret((|| {
-        let in_size = usize::try_from(r.input_size).map_err(|_| EINVAL)?;
-        let out_size = usize::try_from(r.output_size).map_err(|_| EINVAL)?;
-        let deadline = deadline(r.timeout_ms)?;
-        // SAFETY: The caller's buffers hold `input_size` and `output_size`
-        // values (header contract).
-        unsafe { run(r.input_data, r.output_data, 1, in_size, out_size, &deadline) }
-    })())
-}
-
-/// `neural_api_predict_batch()`: `num_samples` samples in one request.
-#[no_mangle]
-pub(crate) extern "C" fn neural_api_predict_batch(req: *mut NeuralBatchRequest) -> c_int {
-    if req.is_null() {
-        return EINVAL.to_errno();
-    }
-    // SAFETY: The caller passes a valid request (header contract).
-    let r = unsafe { &*req };
-    to_ret((|| {
-        let deadline = deadline(r.timeout_ms)?;
-        // SAFETY: The caller's buffers hold `num_samples` rows (header
-        // contract).
-        unsafe {
-            run(
-                r.input_data,
-                r.output_data,
-                r.num_samples as usize,
-                r.input_size as usize,
-                r.output_size as usize,
-                &deadline,
-            )
-        }
-    })())
-}
-
-/// `neural_api_null()`: the round trip of a batch request without
-/// inference; `output_data` and `output_size` are not used.
-#[no_mangle]
-pub(crate) extern "C" fn neural_api_null(req: *const NeuralBatchRequest) -> c_int {
-    if req.is_null() {
-        return EINVAL.to_errno();
-    }
-    // SAFETY: The caller passes a valid request (header contract).
-    let r = unsafe { &*req };
-    to_ret((|| {
-        let deadline = deadline(r.timeout_ms)?;
-        let n = r.num_samples as usize;
-        // SAFETY: The caller's buffer holds `num_samples` rows of
-        // `input_size` values (header contract).
-        let inputs = unsafe { input_rows(r.input_data, n, r.input_size as usize) }?;
-        crate::predict::null(inputs, n, &deadline).map(|_| ())
-    })())
-}
-
-/// `neural_predict_production()`: one sample, the module's timeout.
-#[no_mangle]
-pub(crate) extern "C" fn neural_predict_production(
-    input: *mut i32,
-    output: *mut i32,
-    input_size: c_int,
-    output_size: c_int,
-) -> c_int {
-    to_ret((|| {
-        let in_size = usize::try_from(input_size).map_err(|_| EINVAL)?;
-        let out_size = usize::try_from(output_size).map_err(|_| EINVAL)?;
-        // SAFETY: The caller's buffers hold `input_size` and `output_size`
-        // values (header contract).
-        unsafe {
-            run(
-                input,
-                output,
-                1,
-                in_size,
-                out_size,
-                &Deadline::module_default(),
-            )
-        }
-    })())
-}
-
-/// `neural_api_get_info()`: the current model.
-#[no_mangle]
-pub(crate) extern "C" fn neural_api_get_info(info: *mut NeuralModelInfo) -> c_int {
-    if info.is_null() {
-        return EINVAL.to_errno();
-    }
-    to_ret((|| {
-        let cfg = crate::predict::config()?;
-        // SAFETY: `info` is valid for writes (header contract).
-        unsafe {
-            info.write(NeuralModelInfo {
-                input_size: cfg.input_dim(),
-                output_size: cfg.output_dim(),
-                max_batch: cfg.max_batch.max(1),
-                generation: cfg.generation,
-            })
-        };
-        Ok(())
-    })())
+/// The current model: input width, output width, largest batch,
+/// generation.
+pub(crate) fn info() -> Result<(u32, u32, u32, u32)> {
+    let cfg = crate::predict::config()?;
+    Ok((
+        cfg.input_dim(),
+        cfg.output_dim(),
+        cfg.max_batch.max(1),
+        cfg.generation,
+    ))
 }

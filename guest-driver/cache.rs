@@ -31,12 +31,13 @@
 //! copied out with `GFP_ATOMIC`), so the shrinker can never wait for a lock
 //! held by the allocation that called it.
 
-use crate::glue;
+use crate::bind::kvec::swap_remove;
+use crate::bind::sys;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
-use kernel::bindings;
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Mutex};
+use kernel::time::Ktime;
 
 /// Most entries kept.
 pub(crate) const CACHE_ENTRIES: usize = 256;
@@ -93,40 +94,19 @@ fn hash(inputs: &[i32], uid: u32) -> u64 {
     h
 }
 
-/// Removes element `i` of `v` (the last one takes its place).
-fn swap_remove(v: &mut KVec<Entry>, i: usize) -> Option<Entry> {
-    let last = v.len().checked_sub(1)?;
-    if i > last {
-        return None;
-    }
-    let p = v.as_mut_ptr();
-    // SAFETY: `i` and `last` are initialised elements. Element `i` is moved
-    // out, then the last one is moved into its place (a no-op if they are
-    // the same); with the length `last` neither is dropped twice.
-    unsafe {
-        let e = core::ptr::read(p.add(i));
-        core::ptr::copy(p.add(last), p.add(i), 1);
-        v.set_len(last);
-        Some(e)
-    }
-}
-
 fn now() -> i64 {
-    // SAFETY: No preconditions.
-    unsafe { bindings::ktime_get() }
+    Ktime::ktime_get().to_ns()
 }
 
 /// The expiry (module parameter `cache_ms`) in ns; 0: the cache is off.
 pub(crate) fn expiry_ns() -> i64 {
-    // SAFETY: No preconditions.
-    i64::from(unsafe { glue::virtio_nn_cache_ms() }) * 1_000_000
+    i64::from(sys::cache_ms()) * 1_000_000
 }
 
 /// The age limit of a fallback answer (module parameter
 /// `cache_fallback_ms`) in ns; 0: no fallback.
 pub(crate) fn fallback_max_age_ns() -> i64 {
-    // SAFETY: No preconditions.
-    i64::from(unsafe { glue::virtio_nn_cache_fallback_ms() }) * 1_000_000
+    i64::from(sys::cache_fallback_ms()) * 1_000_000
 }
 
 impl Cache {
@@ -286,23 +266,4 @@ pub(crate) extern "C" fn virtio_nn_cache_count() -> kernel::ffi::c_ulong {
 #[no_mangle]
 pub(crate) extern "C" fn virtio_nn_cache_scan(nr: kernel::ffi::c_ulong) -> kernel::ffi::c_ulong {
     crate::globals().map_or(0, |g| g.cache.shrink(nr) as _)
-}
-
-/// The registered shrinker; freed on drop.
-pub(crate) struct Shrinker;
-
-impl Shrinker {
-    pub(crate) fn new() -> Result<Self> {
-        // SAFETY: Called once at load; the callbacks find the cache through
-        // the globals, which outlive the shrinker (dropped first).
-        kernel::error::to_result(unsafe { glue::virtio_nn_shrinker_register() })?;
-        Ok(Self)
-    }
-}
-
-impl Drop for Shrinker {
-    fn drop(&mut self) {
-        // SAFETY: Registered in `new`; this waits for running callbacks.
-        unsafe { glue::virtio_nn_shrinker_unregister() };
-    }
 }

@@ -29,20 +29,19 @@
 //! requires membership of that group (or `CAP_DAC_OVERRIDE`), else
 //! `EACCES`.
 
+use crate::bind::{sys, user};
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
-use crate::fileio;
 use crate::predict::CachePolicy;
 use crate::request::Deadline;
 use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
-use kernel::bindings;
-use kernel::error::from_result;
-use kernel::ffi::{c_char, c_int};
+use kernel::bindings::{self, loff_t};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
+use kernel::uaccess::{UserSliceReader, UserSliceWriter};
 
 /// The per-open-file state.
 #[pin_data]
-struct DevFile {
+pub(crate) struct DevFile {
     /// The answer of the last successful write.
     #[pin]
     answer: Mutex<Option<KVec<u8>>>,
@@ -55,14 +54,25 @@ fn request_error(e: RequestError) -> Error {
     }
 }
 
-fn write(
-    df: &DevFile,
-    buf: *const c_char,
-    count: usize,
-    pos: *mut bindings::loff_t,
-) -> Result<isize> {
+/// A new open file (`open`): `EACCES` unless the caller may use the
+/// device (`dev_gid`).
+pub(crate) fn open() -> Result<Arc<DevFile>> {
+    if !sys::dev_allowed() {
+        return Err(EACCES);
+    }
+    Arc::pin_init(
+        pin_init!(DevFile {
+            answer <- new_mutex!(None, "virtio_nn_devfile"),
+        }),
+        GFP_KERNEL,
+    )
+}
+
+/// A `write()`: one request; returns once it is answered.
+pub(crate) fn write(df: &DevFile, data: UserSliceReader, pos: &mut loff_t) -> Result<isize> {
+    let count = data.len();
     dev_abi::check_write_len(count).map_err(request_error)?;
-    let req = fileio::copy_write(buf, count)?;
+    let req = user::copy_in(data)?;
     let r = Request::parse(&req).map_err(request_error)?;
     let num_samples = r.num_samples as usize;
     let n = r.value_count().ok_or(EINVAL)?;
@@ -96,105 +106,14 @@ fn write(
         answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
     }
     *df.answer.lock() = Some(answer);
-    fileio::written(count, pos)
+    user::written(count, pos)
 }
 
-fn read(df: &DevFile, buf: *mut c_char, count: usize, pos: *mut bindings::loff_t) -> Result<isize> {
+/// A `read()`: the answer of the last successful write.
+pub(crate) fn read(df: &DevFile, out: UserSliceWriter, pos: &mut loff_t) -> Result<isize> {
     let guard = df.answer.lock();
     let answer = guard
         .as_ref()
         .ok_or(Error::from_errno(-(bindings::ENODATA as i32)))?;
-    fileio::read_answer(answer, buf, count, pos)
-}
-
-/// The open file of `file`.
-///
-/// # Safety
-///
-/// `file` must be opened by [`virtio_nn_dev_open`] and not yet released.
-unsafe fn dev_file<'a>(file: *mut bindings::file) -> &'a DevFile {
-    // SAFETY: `private_data` holds the reference from `open` until release.
-    unsafe { &*(*file).private_data.cast::<DevFile>() }
-}
-
-/// `file_operations.open`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_dev_open(
-    _inode: *mut bindings::inode,
-    file: *mut bindings::file,
-) -> c_int {
-    from_result(|| {
-        // SAFETY: No preconditions.
-        if !unsafe { crate::glue::virtio_nn_dev_allowed() } {
-            return Err(EACCES);
-        }
-        let df = Arc::pin_init(
-            pin_init!(DevFile {
-                answer <- new_mutex!(None, "virtio_nn_devfile"),
-            }),
-            GFP_KERNEL,
-        )?;
-        // SAFETY: `file` is being opened; the reference is dropped at
-        // release. (The misc core's `private_data`, the miscdevice, is not
-        // needed.)
-        unsafe { (*file).private_data = Arc::into_raw(df).cast_mut().cast() };
-        Ok(0)
-    })
-}
-
-/// `file_operations.release`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_dev_release(
-    _inode: *mut bindings::inode,
-    file: *mut bindings::file,
-) -> c_int {
-    // SAFETY: `private_data` holds the reference from `open`; this is the
-    // last use of the file.
-    drop(unsafe { Arc::from_raw((*file).private_data.cast::<DevFile>()) });
-    0
-}
-
-/// `file_operations.write`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_dev_write(
-    file: *mut bindings::file,
-    buf: *const c_char,
-    count: usize,
-    pos: *mut bindings::loff_t,
-) -> isize {
-    // SAFETY: The VFS calls this on a file opened by `virtio_nn_dev_open`.
-    let df = unsafe { dev_file(file) };
-    from_result(|| write(df, buf, count, pos))
-}
-
-/// `file_operations.read`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_dev_read(
-    file: *mut bindings::file,
-    buf: *mut c_char,
-    count: usize,
-    pos: *mut bindings::loff_t,
-) -> isize {
-    // SAFETY: The VFS calls this on a file opened by `virtio_nn_dev_open`.
-    let df = unsafe { dev_file(file) };
-    from_result(|| read(df, buf, count, pos))
-}
-
-/// `/dev/neural_network`, registered while alive.
-pub(crate) struct MiscDevice;
-
-impl MiscDevice {
-    pub(crate) fn new() -> Result<Self> {
-        // SAFETY: The miscdevice is a static of the glue, registered once.
-        kernel::error::to_result(unsafe { crate::glue::virtio_nn_misc_register() })?;
-        Ok(Self)
-    }
-}
-
-impl Drop for MiscDevice {
-    fn drop(&mut self) {
-        // SAFETY: Registered in `new`. Open files keep the module (the
-        // fops' owner), so none is left when this runs at unload.
-        unsafe { crate::glue::virtio_nn_misc_deregister() };
-    }
+    user::read_answer(answer, out, pos)
 }

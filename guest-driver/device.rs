@@ -40,8 +40,7 @@ use kernel::types::Opaque;
 /// limit (the kernel's default) for all of them, so that no caller can flood
 /// the log.
 pub(crate) fn ratelimit() -> bool {
-    // SAFETY: No preconditions.
-    unsafe { glue::virtio_nn_ratelimit() }
+    crate::bind::sys::ratelimit()
 }
 
 /// `pr_warn!`, rate-limited by [`ratelimit`].
@@ -372,7 +371,7 @@ impl NnDevice {
             if num_samples > cfg.max_batch.max(1) as usize {
                 return Err(EINVAL);
             }
-            let uid = crate::session::current_euid();
+            let uid = crate::bind::sys::current_euid();
             self.orphans.check(uid)?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let req = Request::new(op, id, inputs, num_samples, out_dim)?;
@@ -443,9 +442,8 @@ impl NnDevice {
 
     /// The request queue of the calling CPU.
     fn my_queue(&self) -> &ReqQueue {
-        // SAFETY: No preconditions; a stale CPU number (preemption) only
-        // picks another queue.
-        let cpu = unsafe { glue::virtio_nn_cpu() } as usize;
+        // A stale CPU number (preemption) only picks another queue.
+        let cpu = crate::bind::sys::cpu() as usize;
         &self.queues[cpu % self.queues.len()]
     }
 

@@ -29,8 +29,8 @@ use crate::predict::CachePolicy;
 use crate::request::Deadline;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use kernel::bindings;
 use kernel::prelude::*;
+use kernel::time::Ktime;
 
 /// The health state.
 pub(crate) struct Health {
@@ -60,8 +60,7 @@ fn probe_device() -> i32 {
     let result = (|| -> Result {
         let (in_dim, _, _) = crate::predict::dims()?;
         let zeros = KVec::from_elem(0i32, in_dim, GFP_KERNEL)?;
-        // SAFETY: No preconditions.
-        let ms = unsafe { crate::glue::virtio_nn_timeout_ms() };
+        let ms = crate::bind::sys::timeout_ms();
         let ms = if ms == 0 {
             CHECK_TIMEOUT_MS
         } else {
@@ -85,16 +84,15 @@ fn probe_device() -> i32 {
 impl Health {
     /// Runs one check and records it; logs a change of state.
     pub(crate) fn check(&self) {
-        // SAFETY: No preconditions.
-        let start = unsafe { bindings::ktime_get() };
+        let start = Ktime::ktime_get();
         let result = probe_device();
-        // SAFETY: No preconditions.
-        let end = unsafe { bindings::ktime_get() };
+        let end = Ktime::ktime_get();
         let first = self.checks.fetch_add(1, Ordering::Relaxed) == 0;
         let was_ok = self.last_result.swap(result, Ordering::Relaxed) == 0;
-        self.last_ns.store(end.max(0) as u64, Ordering::Relaxed);
+        self.last_ns
+            .store(end.to_ns().max(0) as u64, Ordering::Relaxed);
         self.last_latency_ns
-            .store((end - start).max(0) as u64, Ordering::Relaxed);
+            .store((end - start).to_ns().max(0) as u64, Ordering::Relaxed);
         if result == 0 {
             self.consecutive.store(0, Ordering::Relaxed);
             if first || !was_ok {
@@ -139,23 +137,4 @@ impl Health {
 #[no_mangle]
 pub(crate) extern "C" fn virtio_nn_health_run() {
     HEALTH.check();
-}
-
-/// The periodic health check, started at module load; cancelled (waiting for
-/// a running check) on drop.
-pub(crate) struct HealthWork;
-
-impl HealthWork {
-    pub(crate) fn start() -> Self {
-        // SAFETY: Called once at module load; `Drop` cancels it.
-        unsafe { crate::glue::virtio_nn_health_start() };
-        Self
-    }
-}
-
-impl Drop for HealthWork {
-    fn drop(&mut self) {
-        // SAFETY: Started in `start`.
-        unsafe { crate::glue::virtio_nn_health_stop() };
-    }
 }

@@ -47,8 +47,7 @@ pub(crate) struct Orphans {
 
 /// The quota per uid (module parameter `max_orphans`), 0 for no limit.
 fn quota() -> u32 {
-    // SAFETY: No preconditions.
-    unsafe { crate::glue::virtio_nn_max_orphans() }
+    crate::bind::sys::max_orphans()
 }
 
 impl Orphans {

@@ -11,6 +11,7 @@ use crate::stats::STATS;
 use core::sync::atomic::Ordering;
 use kernel::bindings;
 use kernel::prelude::*;
+use kernel::time::Ktime;
 
 /// Whether a prediction may be answered from the result cache.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub(crate) fn run_with_generation(
             .current_config(false)
             .ok()
             .map(|c| crate::cache::Key {
-                uid: crate::session::current_euid(),
+                uid: crate::bind::sys::current_euid(),
                 epoch,
                 generation: c.generation,
             });
@@ -76,11 +77,9 @@ pub(crate) fn run_with_generation(
     } else {
         None
     };
-    // SAFETY: No preconditions.
-    let start = unsafe { bindings::ktime_get() };
+    let start = Ktime::ktime_get();
     let result = device.predict(Op::Predict, inputs, num_samples, expect, deadline);
-    // SAFETY: No preconditions.
-    let ns = unsafe { bindings::ktime_get() } - start;
+    let ns = (Ktime::ktime_get() - start).to_ns();
     match &result {
         Ok((outputs, generation)) => {
             STATS.success(num_samples, ns.max(0) as u64);

@@ -18,6 +18,7 @@
 //! hands it back (or the device goes away), so that one user cannot fill
 //! the rings with abandoned requests.
 
+use crate::bind::sys;
 use crate::glue;
 use crate::protocol::{RequestHeader, ResponseHeader, OP_NULL, OP_PREDICT};
 use core::ffi::c_void;
@@ -62,11 +63,8 @@ impl Deadline {
             };
         }
         let ms = ms.max(MIN_TIMEOUT_MS);
-        // SAFETY: No preconditions.
-        let module = unsafe { glue::virtio_nn_timeout_ms() };
-        // SAFETY: the C helper only reads `jiffies` and converts `ms`; it has
-        // no preconditions.
-        let end = unsafe { glue::virtio_nn_jiffies_after_ms(ms) };
+        let module = sys::timeout_ms();
+        let end = sys::jiffies_after_ms(ms);
         Self {
             end: Some(end),
             marks_unresponsive: module != 0 && ms >= module,
@@ -84,8 +82,7 @@ impl Deadline {
 
     /// The module's `timeout_ms` from now.
     pub(crate) fn module_default() -> Self {
-        // SAFETY: No preconditions.
-        Self::after_ms(unsafe { glue::virtio_nn_timeout_ms() })
+        Self::after_ms(sys::timeout_ms())
     }
 
     /// Whether running out may mark the device unresponsive (the timeout
@@ -99,8 +96,7 @@ impl Deadline {
     pub(crate) fn left(&self) -> c_long {
         match self.end {
             None => c_long::MAX,
-            // SAFETY: No preconditions.
-            Some(end) => unsafe { glue::virtio_nn_jiffies_until(end) },
+            Some(end) => sys::jiffies_until(end),
         }
     }
 }

@@ -15,10 +15,9 @@
 //! keeps at most [`SLOTS_PER_UID`] entries; a write beyond that replaces
 //! the oldest entry of the same uid, never another user's.
 
-use crate::glue;
-use core::ptr::{self, NonNull};
+use crate::bind::kvec::swap_remove;
+pub(crate) use crate::bind::pid::Session;
 use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
-use kernel::bindings;
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
@@ -30,48 +29,6 @@ pub(crate) const SLOTS_PER_UID: usize = 8;
 pub(crate) struct Answer {
     /// The text a read returns.
     pub(crate) text: KVec<u8>,
-}
-
-/// A session: its `struct pid`, pinned while this exists.
-pub(crate) struct Session(NonNull<bindings::pid>);
-
-// SAFETY: A `struct pid` reference may be dropped (`put_pid`, atomic
-// refcount) and compared from any thread.
-unsafe impl Send for Session {}
-// SAFETY: See `Send`; `&Session` only compares and checks liveness under RCU.
-unsafe impl Sync for Session {}
-
-impl Session {
-    /// The calling task's session.
-    pub(crate) fn current() -> Option<Self> {
-        // SAFETY: No preconditions; the result is a new reference (or null).
-        NonNull::new(unsafe { glue::virtio_nn_get_session() }).map(Self)
-    }
-
-    /// Whether `other` is the same session (the same `struct pid`).
-    fn same(&self, other: &Session) -> bool {
-        self.0 == other.0
-    }
-
-    /// Whether a task is still in the session.
-    fn alive(&self) -> bool {
-        // SAFETY: `self.0` is a pinned `struct pid`.
-        unsafe { glue::virtio_nn_session_alive(self.0.as_ptr()) }
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // SAFETY: The reference taken by `get_pid` in `current`.
-        unsafe { bindings::put_pid(self.0.as_ptr()) };
-    }
-}
-
-/// The effective uid of the calling task (the kernel's, namespace-free
-/// `kuid_t` value).
-pub(crate) fn current_euid() -> u32 {
-    // SAFETY: No preconditions.
-    unsafe { glue::virtio_nn_current_euid() }
 }
 
 struct Slot {
@@ -86,24 +43,6 @@ struct Slot {
 pub(crate) struct SessionTable {
     slots: KVec<Slot>,
     clock: u64,
-}
-
-/// Removes element `i` of `v` (the last one takes its place).
-fn swap_remove<T>(v: &mut KVec<T>, i: usize) -> Option<T> {
-    let last = v.len().checked_sub(1)?;
-    if i > last {
-        return None;
-    }
-    let p = v.as_mut_ptr();
-    // SAFETY: `i` and `last` are initialised elements. Element `i` is moved
-    // out, then the last one is moved into its place (a no-op if they are
-    // the same); with the length `last` neither is dropped twice.
-    unsafe {
-        let e = ptr::read(p.add(i));
-        ptr::copy(p.add(last), p.add(i), 1);
-        v.set_len(last);
-        Some(e)
-    }
 }
 
 impl SessionTable {

@@ -48,16 +48,18 @@
 //! event queue: model change notifications), `request.rs` (the request
 //! object), `predict.rs` (the path every prediction takes), `config_snap.rs`,
 //! `api.rs`, `devfile.rs`, `stats.rs`, `health.rs`, `cache.rs`, `procfs.rs`,
-//! `session.rs`, `orphans.rs`, `sysfs.rs`, `irq_lock.rs`, `glue.rs` (declarations of the
-//! C glue in `virtio_nn_glue.c`); from nn-core: `protocol.rs` (the wire
-//! protocol), `proc_text.rs` (the /proc text format), `dev_abi.rs` (the
-//! /dev binary layout).
+//! `session.rs`, `orphans.rs`, `sysfs.rs`; [`bind`], the binding layer that
+//! holds the driver's `unsafe` code (the C entry points, the C glue's
+//! declarations, the kernel primitives the kernel crate lacks); from
+//! nn-core: `protocol.rs` (the wire protocol), `proc_text.rs` (the /proc
+//! text format), `dev_abi.rs` (the /dev binary layout).
 
-use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use kernel::bindings;
+use bind::global::{Holder, ModuleGlobal};
+use bind::rcu::RcuArc;
+use bind::sys::DriverRegistration;
+use core::sync::atomic::AtomicU64;
 use kernel::prelude::*;
-use kernel::sync::{new_mutex, Arc, ArcBorrow, Mutex};
+use kernel::sync::{new_mutex, Arc, Mutex};
 
 // Files of nn-core shared verbatim with the host side (`core` only): the
 // wire protocol, the text format of the /proc files and the binary layout of
@@ -76,15 +78,13 @@ mod proc_text;
 mod protocol;
 
 mod api;
+mod bind;
 mod cache;
 mod config_snap;
 mod devfile;
 mod device;
 mod events;
-mod fileio;
-mod glue;
 mod health;
-mod irq_lock;
 mod orphans;
 mod predict;
 mod procfs;
@@ -93,6 +93,7 @@ mod session;
 mod stats;
 mod sysfs;
 
+use bind::{glue, irq_lock};
 use device::NnDevice;
 use session::SessionTable;
 
@@ -112,10 +113,8 @@ pub(crate) struct Globals {
     /// [`Globals::current`] without taking a lock.
     #[pin]
     device: Mutex<Option<Arc<NnDevice>>>,
-    /// The device of `device` (or null), read under RCU: a reference of its
-    /// own, from `Arc::into_raw`; remove clears it, waits for an RCU grace
-    /// period, then drops that reference.
-    current: AtomicPtr<NnDevice>,
+    /// The device of `device`, published for lock-free readers (RCU).
+    current: RcuArc<NnDevice>,
     /// The last answer per session and uid, for `predict` and for
     /// `predict_q16`.
     #[pin]
@@ -130,21 +129,7 @@ pub(crate) struct Globals {
 impl Globals {
     /// The bound device, if any (lock-free: RCU).
     pub(crate) fn current_device(&self) -> Option<Arc<NnDevice>> {
-        // SAFETY: No preconditions.
-        unsafe { glue::virtio_nn_rcu_read_lock() };
-        let p = self.current.load(Ordering::Acquire);
-        let dev = if p.is_null() {
-            None
-        } else {
-            // SAFETY: A non-null `current` comes from `Arc::into_raw` (in
-            // `publish`), and that reference is dropped (`unpublish`) only
-            // after `current` is cleared and an RCU grace period has passed,
-            // so it is live inside this read-side section.
-            Some(unsafe { ArcBorrow::from_raw(p) }.into())
-        };
-        // SAFETY: Locked above.
-        unsafe { glue::virtio_nn_rcu_read_unlock() };
-        dev
+        self.current.get()
     }
 
     /// Whether a device is bound.
@@ -160,99 +145,47 @@ impl Globals {
             return false;
         }
         *current = Some(dev.clone());
-        self.current
-            .store(Arc::into_raw(dev.clone()).cast_mut(), Ordering::Release);
+        self.current.set(dev.clone());
         true
     }
 
     /// Unbinds `dev` if it is the bound device; waits until no
     /// [`Globals::current_device`] call can still see it.
     pub(crate) fn unpublish(&self, dev: &Arc<NnDevice>) {
-        let (old, raw) = {
-            let mut current = self.device.lock();
-            if !current.as_ref().is_some_and(|d| Arc::ptr_eq(d, dev)) {
-                return;
-            }
-            let raw = self.current.swap(ptr::null_mut(), Ordering::AcqRel);
-            (current.take(), raw)
-        };
-        // SAFETY: No preconditions; may sleep (process context: remove).
-        unsafe { bindings::synchronize_rcu() };
-        if !raw.is_null() {
-            // SAFETY: `raw` is the reference `publish` made with
-            // `Arc::into_raw`; no reader can see it after the grace period.
-            drop(unsafe { Arc::from_raw(raw) });
+        let mut current = self.device.lock();
+        if !current.as_ref().is_some_and(|d| Arc::ptr_eq(d, dev)) {
+            return;
         }
-        drop(old);
+        // Under the lock, so that a probe cannot publish another device in
+        // between; waits for a grace period (process context: remove).
+        self.current.clear();
+        drop(current.take());
     }
 }
 
 /// The [`Globals`] of the loaded module: set before any entry point is
 /// registered and cleared after all are gone.
-static GLOBALS: AtomicPtr<Globals> = AtomicPtr::new(ptr::null_mut());
+static GLOBALS: ModuleGlobal<Globals> = ModuleGlobal::new();
 
 /// The module's [`Globals`].
 pub(crate) fn globals() -> Result<&'static Globals> {
-    let p = GLOBALS.load(Ordering::Acquire);
-    if p.is_null() {
-        return Err(ENODEV);
-    }
-    // SAFETY: A non-null `GLOBALS` points to the module's `Globals`, which
-    // outlive every entry point that can call this (see `GlobalsHolder`).
-    Ok(unsafe { &*p })
+    GLOBALS.get()
 }
 
-/// Owns the [`Globals`] and publishes them in [`GLOBALS`] while alive.
-struct GlobalsHolder {
-    /// Keeps the globals alive.
-    _globals: Arc<Globals>,
-}
-
-impl GlobalsHolder {
-    fn new() -> Result<Self> {
-        let cache_init = cache::Cache::new()?;
-        let globals = Arc::pin_init(
-            pin_init!(Globals {
-                device <- new_mutex!(None, "virtio_nn_device"),
-                current: AtomicPtr::new(ptr::null_mut()),
-                sessions <- new_mutex!([SessionTable::new(), SessionTable::new()], "virtio_nn_sessions"),
-                predictions: AtomicU64::new(0),
-                cache <- cache_init,
-            }),
-            GFP_KERNEL,
-        )?;
-        GLOBALS.store(
-            ptr::from_ref::<Globals>(&globals).cast_mut(),
-            Ordering::Release,
-        );
-        Ok(Self { _globals: globals })
-    }
-}
-
-impl Drop for GlobalsHolder {
-    fn drop(&mut self) {
-        // Every entry point is gone by now (the holder is dropped last).
-        GLOBALS.store(ptr::null_mut(), Ordering::Release);
-    }
-}
-
-/// The registered virtio driver; unregistered on drop.
-struct DriverRegistration;
-
-impl DriverRegistration {
-    fn new() -> Result<Self> {
-        // SAFETY: The driver table is static; probe may run from now on.
-        kernel::error::to_result(unsafe { glue::virtio_nn_register_driver() })?;
-        Ok(Self)
-    }
-}
-
-impl Drop for DriverRegistration {
-    fn drop(&mut self) {
-        // SAFETY: Registered in `new`. This removes the bound device, which
-        // fails its requests in flight.
-        unsafe { glue::virtio_nn_unregister_driver() };
-    }
+/// Creates the [`Globals`] and publishes them while the holder lives.
+fn hold_globals() -> Result<Holder<Globals>> {
+    let cache_init = cache::Cache::new()?;
+    let globals = Arc::pin_init(
+        pin_init!(Globals {
+            device <- new_mutex!(None, "virtio_nn_device"),
+            current: RcuArc::new(),
+            sessions <- new_mutex!([SessionTable::new(), SessionTable::new()], "virtio_nn_sessions"),
+            predictions: AtomicU64::new(0),
+            cache <- cache_init,
+        }),
+        GFP_KERNEL,
+    )?;
+    Ok(GLOBALS.hold(globals))
 }
 
 /// The module. Fields are dropped in order: the health check first
@@ -260,31 +193,31 @@ impl Drop for DriverRegistration {
 /// waiter with `ENODEV`), then the sysfs and proc entries (which wait for
 /// their running callbacks), then the globals.
 struct VirtioNnModule {
-    _health: health::HealthWork,
+    _health: bind::sys::HealthWork,
     _driver: DriverRegistration,
-    _misc: devfile::MiscDevice,
-    _shrinker: cache::Shrinker,
-    _sysfs: Option<sysfs::SysfsDir>,
-    _proc: procfs::ProcEntries,
-    _globals: GlobalsHolder,
+    _misc: bind::sys::MiscRegistration,
+    _shrinker: bind::sys::ShrinkerRegistration,
+    _sysfs: Option<bind::sysfs::SysfsDir>,
+    _proc: bind::procfs::ProcEntries,
+    _globals: Holder<Globals>,
 }
 
 impl kernel::Module for VirtioNnModule {
     fn init(_module: &'static ThisModule) -> Result<Self> {
-        let globals = GlobalsHolder::new()?;
-        let proc = procfs::ProcEntries::new()?;
-        let sysfs = match sysfs::SysfsDir::new() {
+        let globals = hold_globals()?;
+        let proc = bind::procfs::ProcEntries::new()?;
+        let sysfs = match bind::sysfs::SysfsDir::new() {
             Ok(s) => Some(s),
             Err(e) => {
                 pr_warn!("cannot create /sys/kernel/neural_network: {:?}\n", e);
                 None
             }
         };
-        let shrinker = cache::Shrinker::new()?;
-        let misc = devfile::MiscDevice::new()?;
+        let shrinker = bind::sys::ShrinkerRegistration::new()?;
+        let misc = bind::sys::MiscRegistration::new()?;
         let driver = DriverRegistration::new()?;
         Ok(Self {
-            _health: health::HealthWork::start(),
+            _health: bind::sys::HealthWork::start(),
             _driver: driver,
             _misc: misc,
             _shrinker: shrinker,
