@@ -49,7 +49,7 @@
 //! object), `predict.rs` (the path every prediction takes), `config_snap.rs`,
 //! `api.rs`, `devfile.rs`, `stats.rs`, `health.rs`, `cache.rs`, `procfs.rs`,
 //! `session.rs`, `orphans.rs`, `sysfs.rs`; [`bind`], the binding layer that
-//! holds the driver's `unsafe` code (the C entry points, the C glue's
+//! holds all the driver's unchecked code (the C entry points, the C glue's
 //! declarations, the kernel primitives the kernel crate lacks); from
 //! nn-core: `protocol.rs` (the wire protocol), `proc_text.rs` (the /proc
 //! text format), `dev_abi.rs` (the /dev binary layout).
