@@ -233,9 +233,8 @@ fn alloc_chunk(len: usize) -> Result<Chunk> {
     Ok(unsafe { KVec::<Opaque<u8>>::from_raw_parts(ptr.cast(), len, cap) })
 }
 
-/// The bytes of `values` (native byte order; the wire's little-endian on
-/// the little-endian machines this driver runs on, see
-/// [`values_as_bytes_mut`]).
+/// The bytes of `values`, in native byte order: the wire's (little-endian)
+/// on little-endian machines, where they are copied as they are.
 pub(crate) fn values_as_bytes(values: &[i32]) -> &[u8] {
     // SAFETY: `i32` has no padding, so its bytes are initialised `u8`s;
     // the slice covers the same memory with the same lifetime.
