@@ -12,17 +12,27 @@
 //! without inference (the device reads the inputs and answers with a header
 //! only); it is not counted in `performance`.
 //!
-//! Errors of a write (nothing changes on error): `EINVAL` for a short
-//! write, a wrong magic, `num_samples` 0 or above the device's max batch,
-//! `in_dim` not the model's, a length that is not `16 + 4 * num_samples *
-//! in_dim`, or a negative timeout (the checks of [`Request::parse`], then
-//! the device's limits); `E2BIG` for a write over
-//! [`dev_abi::MAX_WRITE_LEN`]; then as for `/proc` (`ENODEV`, `ETIMEDOUT`,
-//! `EINTR`, `EIO`), and `EAGAIN` when the caller's uid has `max_orphans`
-//! abandoned requests in flight (see [`crate::orphans`]). A header
-//! `timeout_ms` below [`crate::request::MIN_TIMEOUT_MS`] is raised to it. A
-//! read before any successful write fails with `ENODATA`. Answers never
-//! come from the result cache.
+//! A write's header is read and checked first, alone
+//! ([`Request::parse_header`], sizes in checked arithmetic), with the
+//! protocol's limits on `num_samples` and `in_dim`: a bad header is refused
+//! before any input is copied or any buffer the size of the write is
+//! allocated.
+//!
+//! Errors of a write (nothing changes on error), in this order: `E2BIG` for
+//! a write over [`dev_abi::MAX_WRITE_LEN`]; `EINVAL` for a short write, a
+//! wrong magic, `num_samples` or `in_dim` 0, a negative timeout, a length
+//! that is not `16 + 4 * num_samples * in_dim` (the checks of
+//! [`Request::parse_header`]), or `num_samples` or `in_dim` above the
+//! protocol's [`protocol::MAX_BATCH`] and [`protocol::MAX_DIM`]; `EFAULT`
+//! if the inputs cannot be read; then the device's limits (`EINVAL`:
+//! `num_samples` above its max batch, `in_dim` not the model's; `E2BIG`: a
+//! request above `max_request_kib` or too large for the ring, see
+//! [`crate::request`]); then as for `/proc` (`ENODEV`, `ETIMEDOUT`,
+//! `EINTR`, `EIO`, `ENOMEM`), and `EAGAIN` when the caller's uid has
+//! `max_orphans` abandoned requests in flight (see [`crate::orphans`]). A
+//! header `timeout_ms` below [`crate::request::MIN_TIMEOUT_MS`] is raised
+//! to it. A read before any successful write fails with `ENODATA`. Answers
+//! never come from the result cache.
 //!
 //! Who may open it: the node's mode is the module parameter `dev_mode`
 //! (default 0666, the seed's interface); with `dev_gid` set, `open` also
@@ -32,8 +42,9 @@
 use crate::bind::{sys, user};
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
 use crate::predict::CachePolicy;
-use crate::request::Deadline;
-use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
+use crate::protocol;
+use crate::request::{values_as_bytes, values_as_bytes_mut, Deadline};
+use kernel::alloc::flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT};
 use kernel::bindings::{self, loff_t};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
@@ -42,9 +53,10 @@ use kernel::uaccess::{UserSliceReader, UserSliceWriter};
 /// The per-open-file state.
 #[pin_data]
 pub(crate) struct DevFile {
-    /// The answer of the last successful write.
+    /// The answer of the last successful write (kvmalloc'd: a batch's may
+    /// be megabytes).
     #[pin]
-    answer: Mutex<Option<KVec<u8>>>,
+    answer: Mutex<Option<KVVec<u8>>>,
 }
 
 fn request_error(e: RequestError) -> Error {
@@ -69,18 +81,25 @@ pub(crate) fn open() -> Result<Arc<DevFile>> {
 }
 
 /// A `write()`: one request; returns once it is answered.
-pub(crate) fn write(df: &DevFile, data: UserSliceReader, pos: &mut loff_t) -> Result<isize> {
+pub(crate) fn write(df: &DevFile, mut data: UserSliceReader, pos: &mut loff_t) -> Result<isize> {
     let count = data.len();
     dev_abi::check_write_len(count).map_err(request_error)?;
-    let req = user::copy_in(data)?;
-    let r = Request::parse(&req).map_err(request_error)?;
+    // The header alone first: a bad one is refused before any input is
+    // copied or any buffer the size of the write is allocated.
+    let mut header = [0u8; dev_abi::HEADER_LEN];
+    data.read_slice(&mut header)?;
+    let r = Request::parse_header(&header, count).map_err(request_error)?;
+    if r.num_samples > protocol::MAX_BATCH || r.in_dim > protocol::MAX_DIM {
+        return Err(EINVAL);
+    }
     let num_samples = r.num_samples as usize;
     let n = r.value_count().ok_or(EINVAL)?;
-    let mut inputs = KVec::with_capacity(n, GFP_KERNEL_ACCOUNT)?;
-    for v in Request::inputs(&req) {
-        inputs.push(v, GFP_KERNEL_ACCOUNT)?;
+    let mut inputs = KVVec::from_elem(0i32, n, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
+    data.read_slice(values_as_bytes_mut(&mut inputs))?;
+    // The wire is little-endian (a no-op on little-endian machines).
+    for v in inputs.iter_mut() {
+        *v = i32::from_le(*v);
     }
-    drop(req);
     let deadline = Deadline::after_ms_or_default(r.timeout_ms);
     let (outputs, generation) = match r.kind {
         Kind::Predict => crate::predict::run_with_generation(
@@ -91,19 +110,24 @@ pub(crate) fn write(df: &DevFile, data: UserSliceReader, pos: &mut loff_t) -> Re
             CachePolicy::Bypass,
         )?,
         Kind::Null => (
-            KVec::new(),
+            KVVec::new(),
             crate::predict::null(&inputs, num_samples, &deadline)?,
         ),
     };
+    drop(inputs);
     let header = Response {
         num_samples: r.num_samples,
         out_dim: (outputs.len() / num_samples) as u32,
         generation,
     };
-    let mut answer = KVec::with_capacity(header.read_len(), GFP_KERNEL_ACCOUNT)?;
+    let mut answer = KVVec::with_capacity(header.read_len(), GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
     answer.extend_from_slice(&header.header(), GFP_KERNEL_ACCOUNT)?;
-    for v in outputs.iter() {
-        answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
+    if cfg!(target_endian = "little") {
+        answer.extend_from_slice(values_as_bytes(&outputs), GFP_KERNEL_ACCOUNT)?;
+    } else {
+        for v in outputs.iter() {
+            answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
+        }
     }
     *df.answer.lock() = Some(answer);
     user::written(count, pos)

@@ -28,7 +28,9 @@ use crate::glue;
 use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::orphans::Orphans;
 use crate::protocol::{self, cfg, DeviceConfig, ResponseHeader};
-use crate::request::{etimedout, Completed, Deadline, Op, Request};
+use crate::request::{
+    etimedout, values_as_bytes_mut, Completed, Deadline, Op, QueueLimits, Request,
+};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use kernel::bindings;
@@ -147,6 +149,28 @@ impl ReqQueue {
             // stays where it is initialised.
             vq_space <- Opaque::ffi_init(|slot| unsafe { glue::virtio_nn_init_waitqueue_head(slot) }),
             space_seq: AtomicU32::new(0),
+        })
+    }
+
+    /// What a request for this queue must fit: the ring size and the
+    /// largest segment the platform maps. `ENODEV` once the device is
+    /// going away.
+    fn limits(&self) -> Result<QueueLimits> {
+        let state = self.vq.lock();
+        if state.vq.is_null() {
+            return Err(ENODEV);
+        }
+        // SAFETY: The queue is live while the lock is held and its pointer
+        // is not null; so is its device.
+        let (descs, max_seg) = unsafe {
+            (
+                bindings::virtqueue_get_vring_size(state.vq),
+                bindings::virtio_max_dma_size((*state.vq).vdev),
+            )
+        };
+        Ok(QueueLimits {
+            descs: descs as usize,
+            max_seg,
         })
     }
 
@@ -329,6 +353,10 @@ impl NnDevice {
     ///
     /// With [`Op::Null`] the device does the same round trip without
     /// inference: the outputs are empty.
+    ///
+    /// A request larger than the module's cap, or that cannot be split
+    /// into as few descriptors as the ring holds, fails with `E2BIG` (see
+    /// [`Request::new`]).
     pub(crate) fn predict(
         &self,
         op: Op,
@@ -336,7 +364,7 @@ impl NnDevice {
         num_samples: usize,
         expect: Option<(usize, usize)>,
         deadline: &Deadline,
-    ) -> Result<(KVec<i32>, u32)> {
+    ) -> Result<(KVVec<i32>, u32)> {
         if num_samples == 0 || inputs.len() % num_samples != 0 {
             return Err(EINVAL);
         }
@@ -373,9 +401,11 @@ impl NnDevice {
             }
             let uid = crate::bind::sys::current_euid();
             self.orphans.check(uid)?;
+            let q = self.my_queue();
+            let limits = q.limits()?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let req = Request::new(op, id, inputs, num_samples, out_dim)?;
-            self.submit(&req, deadline)?;
+            let req = Request::new(op, id, inputs, num_samples, out_dim, &limits)?;
+            self.submit(q, &req, deadline)?;
             let done = match req.wait(deadline) {
                 Ok(done) => done,
                 Err(e) => {
@@ -447,17 +477,18 @@ impl NnDevice {
         &self.queues[cpu % self.queues.len()]
     }
 
-    /// Puts `req` on the calling CPU's request queue and notifies the
-    /// device. Fails with `ETIMEDOUT` at once if `deadline` has passed;
-    /// waits (until `deadline`; only a fatal signal interrupts it) while the
-    /// queue is full.
+    /// Puts `req` on request queue `q` and notifies the device. Fails with
+    /// `ETIMEDOUT` at once if `deadline` has passed, with `E2BIG` if the
+    /// request has more descriptors than the ring; waits (until `deadline`;
+    /// only a fatal signal interrupts it) while the ring has too few free
+    /// descriptors for it (one with indirect descriptors, else one per
+    /// chunk): each buffer the device hands back wakes the wait.
     ///
     /// The notification (a VM exit) is prepared under the queue lock and
     /// sent after it is released, with interrupts enabled; an RCU read-side
     /// section keeps the virtqueue alive until then (`teardown` waits for a
     /// grace period before it deletes the queues).
-    fn submit(&self, req: &Arc<Request>, deadline: &Deadline) -> Result {
-        let q = self.my_queue();
+    fn submit(&self, q: &ReqQueue, req: &Arc<Request>, deadline: &Deadline) -> Result {
         loop {
             // The deadline first: a call whose time is up queues nothing.
             let left = deadline.left();
@@ -469,23 +500,23 @@ impl NnDevice {
             if state.vq.is_null() {
                 return Err(ENODEV);
             }
-            let (rd, rd_len) = req.readable();
-            let (wr, wr_len) = req.writable();
-            let mut sg_out = core::mem::MaybeUninit::<bindings::scatterlist>::zeroed();
-            let mut sg_in = core::mem::MaybeUninit::<bindings::scatterlist>::zeroed();
-            // SAFETY: The scatterlists are writable; the buffers are
-            // kmalloc'd (in the linear map) and live at least as long as the
-            // token added below.
-            unsafe {
-                bindings::sg_init_one(sg_out.as_mut_ptr(), rd.cast(), rd_len as u32);
-                bindings::sg_init_one(sg_in.as_mut_ptr(), wr.cast(), wr_len as u32);
+            // SAFETY: The queue is live while the lock is held and its
+            // pointer is not null.
+            let ring = unsafe { bindings::virtqueue_get_vring_size(state.vq) } as usize;
+            if req.descriptors() > ring {
+                // Built for a larger ring: no chain this long may be added,
+                // with or without indirect descriptors.
+                return Err(E2BIG);
             }
-            let mut sgs = [sg_out.as_mut_ptr(), sg_in.as_mut_ptr()];
+            let mut sgs = req.scatterlists();
             let token = Request::into_token(req.clone());
             // SAFETY: The queue is live while the lock is held and its
-            // pointer is not null; `sgs` holds one readable then one
-            // writable initialised scatterlist; interrupts are disabled, so
-            // the allocation must be atomic.
+            // pointer is not null; `sgs` holds the readable then the
+            // writable scatterlist of `req`, initialised, ended, of at most
+            // `ring` entries together, pointing into buffers that live at
+            // least as long as the token added below; interrupts are
+            // disabled, so the allocation (of an indirect table) must be
+            // atomic.
             let ret = unsafe {
                 bindings::virtqueue_add_sgs(
                     state.vq,
@@ -555,17 +586,14 @@ impl NnDevice {
         id: u64,
         num_samples: usize,
         out_dim: usize,
-    ) -> Result<Option<(KVec<i32>, u32)>> {
-        let resp = done.response();
-        let Some(header) = resp.first_chunk::<{ ResponseHeader::SIZE }>() else {
-            warn_ratelimited!(
-                "virtio{}: short answer ({} bytes)\n",
-                self.index,
-                resp.len()
-            );
+    ) -> Result<Option<(KVVec<i32>, u32)>> {
+        let resp_len = done.response_len();
+        let mut header = [0u8; ResponseHeader::SIZE];
+        if done.read_response(0, &mut header).is_err() {
+            warn_ratelimited!("virtio{}: short answer ({} bytes)\n", self.index, resp_len);
             return Err(EIO);
-        };
-        let header = ResponseHeader::from_bytes(header);
+        }
+        let header = ResponseHeader::from_bytes(&header);
         let model_changed = header.generation != cfg.generation;
         if model_changed {
             // Another model answered: read its dims before the next request.
@@ -611,22 +639,19 @@ impl NnDevice {
             return Err(EIO);
         }
         let total = num_samples * out_dim;
-        let payload = &resp[ResponseHeader::SIZE..];
-        if payload.len() < total * 4 {
-            warn_ratelimited!(
-                "virtio{}: short answer ({} bytes)\n",
-                self.index,
-                resp.len()
-            );
+        // Up to 64 MiB: kvmalloc (vmalloc when no contiguous memory is
+        // free); a failure is ENOMEM, without a warning.
+        let mut outputs = KVVec::from_elem(0i32, total, GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
+        if done
+            .read_response(ResponseHeader::SIZE, values_as_bytes_mut(&mut outputs))
+            .is_err()
+        {
+            warn_ratelimited!("virtio{}: short answer ({} bytes)\n", self.index, resp_len);
             return Err(EIO);
         }
-        let mut outputs = KVec::from_elem(0i32, total, GFP_KERNEL)?;
-        // Like `protocol::decode_values`, whose `chunks_exact` brings a
-        // division-by-zero panic path that the objtool of Linux 6.12 does not
-        // know as `noreturn` (it warns).
-        for (i, o) in outputs.iter_mut().enumerate() {
-            let b = &payload[4 * i..4 * i + 4];
-            *o = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        // The wire is little-endian (a no-op on little-endian machines).
+        for o in outputs.iter_mut() {
+            *o = i32::from_le(*o);
         }
         Ok(Some((outputs, header.generation)))
     }

@@ -56,35 +56,59 @@ impl EventQueue {
     /// Starts using `vq`: gives the device [`EVENT_BUFFERS`] buffers. Call
     /// after the device is ready.
     ///
+    /// The notification (a VM exit) is prepared under the queue lock and
+    /// sent after it is released, with interrupts enabled.
+    ///
     /// # Safety
     ///
-    /// `vq` must be the device's live event queue, used by nothing else.
+    /// `vq` must be the device's live event queue, used by nothing else,
+    /// and stay live until this returns.
     pub(crate) unsafe fn start(&self, vq: *mut bindings::virtqueue) {
-        let mut state = self.state.lock();
-        state.vq = vq;
-        self.present.store(true, Ordering::Release);
-        let mut added = 0;
-        for _ in 0..EVENT_BUFFERS {
-            let Ok(buf) = KBox::new([0u8; Event::SIZE], GFP_ATOMIC) else {
-                break;
-            };
-            // SAFETY: `vq` is live and locked; the buffer is ours.
-            if unsafe { add_buf(vq, KBox::into_raw(buf)) }.is_ok() {
-                added += 1;
+        let notify = {
+            let mut state = self.state.lock();
+            state.vq = vq;
+            self.present.store(true, Ordering::Release);
+            let mut added = 0;
+            for _ in 0..EVENT_BUFFERS {
+                let Ok(buf) = KBox::new([0u8; Event::SIZE], GFP_ATOMIC) else {
+                    break;
+                };
+                // SAFETY: `vq` is live and locked; the buffer is ours.
+                if unsafe { add_buf(vq, KBox::into_raw(buf)) }.is_ok() {
+                    added += 1;
+                }
             }
-        }
-        if added > 0 {
             // SAFETY: `vq` is live and locked.
-            unsafe { bindings::virtqueue_kick(vq) };
+            added > 0 && unsafe { bindings::virtqueue_kick_prepare(vq) }
+        };
+        if notify {
+            // SAFETY: `vq` stays live until this returns (caller).
+            unsafe { bindings::virtqueue_notify(vq) };
         }
     }
 
-    /// Handles the buffers the device filled (interrupt context): returns
-    /// true if one announced a config change.
+    /// Handles the buffers the device filled (interrupt context, the
+    /// callback of `vq`): returns true if one announced a config change.
+    ///
+    /// The notification that gives the buffers back is prepared under the
+    /// queue lock and sent after it is released.
     pub(crate) fn done(&self, vq: *mut bindings::virtqueue) -> bool {
+        let (changed, notify) = self.refill(vq);
+        if notify {
+            // SAFETY: This runs in `vq`'s callback, and the queue is deleted
+            // only after the device reset, which waits for running
+            // callbacks (`NnDevice::teardown`): `vq` is live.
+            unsafe { bindings::virtqueue_notify(vq) };
+        }
+        changed
+    }
+
+    /// [`Self::done`] under the queue lock: returns whether an event
+    /// announced a config change and whether the device must be notified.
+    fn refill(&self, vq: *mut bindings::virtqueue) -> (bool, bool) {
         let state = self.state.lock();
         if state.vq.is_null() {
-            return false;
+            return (false, false);
         }
         let mut changed = false;
         let mut readded = false;
@@ -107,11 +131,9 @@ impl EventQueue {
             // SAFETY: `vq` is live and locked; the buffer is ours again.
             readded |= unsafe { add_buf(vq, buf) }.is_ok();
         }
-        if readded {
-            // SAFETY: `vq` is live and locked.
-            unsafe { bindings::virtqueue_kick(vq) };
-        }
-        changed
+        // SAFETY: `vq` is live and locked.
+        let notify = readded && unsafe { bindings::virtqueue_kick_prepare(vq) };
+        (changed, notify)
     }
 
     /// Stops using the queue; returns it (or null) for [`Self::drain`].

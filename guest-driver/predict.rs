@@ -24,13 +24,14 @@ pub(crate) enum CachePolicy {
 
 /// Runs `num_samples` rows of Q16.16 `inputs` through the current model
 /// (see [`crate::device::NnDevice::predict`]), single samples through the
-/// result cache; returns the outputs, row after row.
+/// result cache; returns the outputs, row after row (kvmalloc'd: a batch's
+/// may be megabytes).
 pub(crate) fn run(
     inputs: &[i32],
     num_samples: usize,
     expect: Option<(usize, usize)>,
     deadline: &Deadline,
-) -> Result<KVec<i32>> {
+) -> Result<KVVec<i32>> {
     run_with_generation(inputs, num_samples, expect, deadline, CachePolicy::Use).map(|(o, _)| o)
 }
 
@@ -42,7 +43,7 @@ pub(crate) fn run_with_generation(
     expect: Option<(usize, usize)>,
     deadline: &Deadline,
     cache: CachePolicy,
-) -> Result<(KVec<i32>, u32)> {
+) -> Result<(KVVec<i32>, u32)> {
     let globals = crate::globals()?;
     // Before the device lookup (see `Cache::epoch`).
     let epoch = globals.cache.epoch();
@@ -68,7 +69,7 @@ pub(crate) fn run_with_generation(
                 if fits(&out) {
                     STATS.cache_lookup(true);
                     globals.predictions.fetch_add(1, Ordering::Relaxed);
-                    return Ok((out, key.generation));
+                    return Ok((cached(&out)?, key.generation));
                 }
             }
             STATS.cache_lookup(false);
@@ -104,12 +105,19 @@ pub(crate) fn run_with_generation(
                 if let Some(out) = globals.cache.lookup(inputs, key, Some(max_age)) {
                     STATS.cache_fallback();
                     globals.predictions.fetch_add(1, Ordering::Relaxed);
-                    return Ok((out, key.generation));
+                    return Ok((cached(&out)?, key.generation));
                 }
             }
         }
     }
     result
+}
+
+/// A cached answer (one sample) as [`run`] returns answers.
+fn cached(out: &[i32]) -> Result<KVVec<i32>> {
+    let mut v = KVVec::with_capacity(out.len(), GFP_KERNEL_ACCOUNT)?;
+    v.extend_from_slice(out, GFP_KERNEL_ACCOUNT)?;
+    Ok(v)
 }
 
 /// The null request: `num_samples` rows of `inputs` make the round trip to

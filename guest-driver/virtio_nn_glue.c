@@ -32,7 +32,9 @@
 #include <linux/rcupdate.h>
 #include <linux/seqlock.h>
 #include <linux/sched.h>
+#include <linux/scatterlist.h>
 #include <linux/shrinker.h>
+#include <linux/slab.h>
 #include <linux/sched/signal.h>
 #include <linux/smp.h>
 #include <linux/spinlock.h>
@@ -89,6 +91,31 @@ MODULE_PARM_DESC(cache_fallback_ms,
 unsigned int virtio_nn_cache_fallback_ms(void)
 {
 	return READ_ONCE(cache_fallback_ms);
+}
+
+static unsigned int max_request_kib;
+module_param(max_request_kib, uint, 0644);
+MODULE_PARM_DESC(max_request_kib,
+		 "Largest request (inputs and room for the outputs), in KiB; larger: E2BIG (0: the largest the protocol allows)");
+
+unsigned int virtio_nn_max_request_kib(void)
+{
+	return READ_ONCE(max_request_kib);
+}
+
+/* --- request buffers --------------------------------------------------- */
+
+/* The largest kmalloc(): a request's buffer chunks stay within it. */
+size_t virtio_nn_kmalloc_max_size(void)
+{
+	return KMALLOC_MAX_SIZE;
+}
+
+/* sg_set_buf(): one entry of a request's scatterlist. */
+void virtio_nn_sg_set_buf(struct scatterlist *sg, const void *buf,
+			  unsigned int len)
+{
+	sg_set_buf(sg, buf, len);
 }
 
 /* --- time and CPU helpers ---------------------------------------------- */

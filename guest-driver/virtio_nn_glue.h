@@ -16,6 +16,7 @@ struct file;
 struct inode;
 struct kobject;
 struct pid;
+struct scatterlist;
 struct proc_ops;
 struct virtio_device;
 struct virtqueue;
@@ -103,6 +104,10 @@ void virtio_nn_health_start(void);
 unsigned int virtio_nn_cache_ms(void);
 unsigned int virtio_nn_cache_fallback_ms(void);
 unsigned int virtio_nn_max_orphans(void);
+unsigned int virtio_nn_max_request_kib(void);
+size_t virtio_nn_kmalloc_max_size(void);
+void virtio_nn_sg_set_buf(struct scatterlist *sg, const void *buf,
+			  unsigned int len);
 int virtio_nn_shrinker_register(void);
 void virtio_nn_shrinker_unregister(void);
 int virtio_nn_misc_register(void);

@@ -136,6 +136,21 @@ extern "C" {
     /// The module parameter `max_orphans` (0: no limit).
     pub(crate) fn virtio_nn_max_orphans() -> c_uint;
 
+    /// The module parameter `max_request_kib` (0: the protocol's largest
+    /// request).
+    pub(crate) fn virtio_nn_max_request_kib() -> c_uint;
+
+    /// `KMALLOC_MAX_SIZE`: the largest `kmalloc()`.
+    pub(crate) fn virtio_nn_kmalloc_max_size() -> usize;
+
+    /// `sg_set_buf()`: points scatterlist entry `sg` at the `len` bytes at
+    /// `buf` (in the linear map).
+    pub(crate) fn virtio_nn_sg_set_buf(
+        sg: *mut bindings::scatterlist,
+        buf: *const c_void,
+        len: c_uint,
+    );
+
     /// Allocates and registers the result cache's shrinker.
     pub(crate) fn virtio_nn_shrinker_register() -> c_int;
 

@@ -29,6 +29,8 @@
 //! [`Request::parse`] is the check every write passes before it reaches the
 //! device ([`RequestError`] says which rule failed); the checks that need the
 //! device (max batch, the model's width) come after it.
+//! [`Request::parse_header`] makes the same check from the header and the
+//! write's length alone, before the inputs are copied.
 //!
 //! The same layout for C and user space: `guest-driver/include/neural_dev.h`
 //! (checked against this file by nn-core's `tests/interfaces.rs`). Like
@@ -177,14 +179,27 @@ impl Request {
     /// Checks a whole write (header and inputs) against the rules above.
     pub fn parse(write: &[u8]) -> Result<Self, RequestError> {
         check_write_len(write.len())?;
-        let kind = match le32(write, request::MAGIC) {
+        Self::parse_header(&write[..HEADER_LEN], write.len())
+    }
+
+    /// Checks a write of `write_len` bytes by its first [`HEADER_LEN`]
+    /// bytes `header` alone, as [`Request::parse`] checks the whole write:
+    /// the check that runs before the inputs are copied. The sizes are
+    /// computed with checked arithmetic: a header whose sizes overflow is
+    /// a [`RequestError::LengthMismatch`].
+    pub fn parse_header(header: &[u8], write_len: usize) -> Result<Self, RequestError> {
+        check_write_len(write_len)?;
+        if header.len() < HEADER_LEN {
+            return Err(RequestError::Short);
+        }
+        let kind = match le32(header, request::MAGIC) {
             REQUEST_MAGIC => Kind::Predict,
             NULL_MAGIC => Kind::Null,
             _ => return Err(RequestError::BadMagic),
         };
-        let num_samples = le32(write, request::NUM_SAMPLES);
-        let in_dim = le32(write, request::IN_DIM);
-        let timeout_ms = le32(write, request::TIMEOUT_MS);
+        let num_samples = le32(header, request::NUM_SAMPLES);
+        let in_dim = le32(header, request::IN_DIM);
+        let timeout_ms = le32(header, request::TIMEOUT_MS);
         if num_samples == 0 || in_dim == 0 {
             return Err(RequestError::Empty);
         }
@@ -197,7 +212,7 @@ impl Request {
             in_dim,
             timeout_ms,
         };
-        if r.write_len() != Some(write.len()) {
+        if r.write_len() != Some(write_len) {
             return Err(RequestError::LengthMismatch);
         }
         Ok(r)
@@ -367,6 +382,31 @@ mod tests {
         assert_eq!(
             e(&[REQUEST_MAGIC, u32::MAX, u32::MAX, 0, 5]),
             RequestError::LengthMismatch
+        );
+        // The header alone decides, before any input is read.
+        let h = write(&[REQUEST_MAGIC, 3, 2, 0]);
+        assert_eq!(
+            Request::parse_header(&h, HEADER_LEN + 24)
+                .unwrap()
+                .value_count(),
+            Some(6)
+        );
+        assert_eq!(
+            Request::parse_header(&h, MAX_WRITE_LEN),
+            Err(RequestError::LengthMismatch)
+        );
+        assert_eq!(
+            Request::parse_header(&h, MAX_WRITE_LEN + 1),
+            Err(RequestError::TooLong)
+        );
+        assert_eq!(
+            Request::parse_header(&h[..8], HEADER_LEN + 24),
+            Err(RequestError::Short)
+        );
+        let huge = write(&[REQUEST_MAGIC, u32::MAX, u32::MAX, 0]);
+        assert_eq!(
+            Request::parse_header(&huge, MAX_WRITE_LEN),
+            Err(RequestError::LengthMismatch)
         );
         let mut long = write(&[REQUEST_MAGIC, 1, 1, 0]);
         long.resize(MAX_WRITE_LEN + 1, 0);

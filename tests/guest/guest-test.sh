@@ -91,6 +91,19 @@ devrun() {
 }
 # devwrite FILE : one write of FILE to /dev/neural_network (errors on stderr)
 devwrite() { sh -c "exec 3<>$DEV; dd if=$1 bs=8M >&3"; }
+# devraw FILE : one write of FILE, then the raw answer (up to 16 MiB) on stdout
+devraw() { sh -c "exec 3<>$DEV; dd if=$1 bs=8M 2>/dev/null >&3 && dd bs=16M count=1 2>/dev/null <&3"; }
+# words : stdin's first 16 bytes as decimal 32-bit words (an answer's header)
+words() { head -c 16 | od -An -t d4 -v | tr -s ' \n' '  ' | sed 's/^ //; s/ $//'; }
+# kernel_log_verdict : the runner's verdict on the kernel log so far ("clean"
+# or what it found; nnlib.bad_log_lines is the one list of bad lines)
+kernel_log_verdict() {
+    echo "@@HOST:kernel-log" >&2
+    dmesg >&2
+    echo "@@KERNEL-LOG-END" >&2
+    read -r verdict
+    echo "$verdict"
+}
 # cons ARGS... : insmod nn_consumer with ARGS, print its last_output, unload
 cons() {
     insmod $CONS "$@" || return 1
@@ -286,6 +299,18 @@ expect_err "/dev: batch above max_batch ($maxb): EINVAL" "Invalid argument" devw
 { mkreq $RQ 65536 16 0; head -c $((65536 * 16 * 4)) /dev/zero; } >/tmp/bad
 expect_err "/dev: write over 4 MiB: E2BIG" "Argument list too long" devwrite /tmp/bad
 rm -f /tmp/bad
+# The header is checked before the inputs are copied: nn-devwrite's bytes
+# after the header are unreadable (a copy of them would fail with EFAULT).
+expect_err "/dev: a 4 MiB write with a bad magic is refused by its header alone: EINVAL" \
+    "Invalid argument" nn-devwrite 4194304 $((RQ ^ 0x09000000)) 1 $in_w 0
+expect_err "/dev: a header that claims a huge batch for a 4 MiB write: EINVAL" \
+    "Invalid argument" nn-devwrite 4194304 $RQ 4096 4096 0
+expect_err "/dev: a header whose sizes overflow: EINVAL" \
+    "Invalid argument" nn-devwrite 4194304 $RQ 4294967295 4294967295 0
+expect_err "/dev: a batch above the protocol's 4096 samples, refused before its inputs: EINVAL" \
+    "Invalid argument" nn-devwrite $((16 + 8192 * 4)) $RQ 8192 1 0
+expect_err "/dev: a valid header whose inputs cannot be read: EFAULT" \
+    "Bad address" nn-devwrite $((16 + 4 * in_w)) $RQ 1 $in_w 0
 out=$(sh -c "exec 3<>$DEV; rmmod virtio_nn" 2>&1)
 expect_eq "rmmod refused while /dev/neural_network is open" "$(echo "$out" | grep -c 'in use\|Resource\|busy')" "1"
 
@@ -443,6 +468,41 @@ expect_eq "answer of a model with another input width" "$(cat $Q)" "$C_OUT"
 host swap-a
 echo "$IN1" >$P
 expect_eq "back to the first model" "$(cat $P)" "$OUT1"
+
+echo "== big requests: batches whose buffers span many pages (model $W_MODEL)"
+MAXREQ=/sys/module/virtio_nn/parameters/max_request_kib
+expect_eq "max_request_kib default (0: the protocol's largest request)" "$(cat $MAXREQ)" "0"
+host swap-w
+n=0
+while [ $n -lt 50 ] && [ "$(kv $INFO Model)" != "$W_MODEL" ]; do sleep 0.1; n=$((n + 1)); done
+w_out=${W_MODEL##*x}
+w_gen=$(kv $INFO Generation)
+expect_eq "the wide model is loaded (max_batch 4096)" "$(kv $INFO Model) $(kv $INFO 'Max batch')" "$W_MODEL 4096"
+# 40 samples: 10 KiB in, 80 KiB out (page-sized chunks on a ring of 64)
+devraw /etc/nn-wide-40.req >/tmp/wide.out
+expect_eq "40 samples: the answer's header" "$(words </tmp/wide.out)" "$RS 40 $w_out $w_gen"
+expect_eq "40 samples: outputs bit for bit (md5 of nn-model predict's)" \
+    "$(tail -c +17 /tmp/wide.out | md5sum | cut -d' ' -f1)" "$W_MD5_40"
+# 4096 samples: 1 MiB in, 8 MiB out. A ring of 2 or 3 descriptors cannot
+# carry it in chunks of at most 4 MiB: E2BIG, at once.
+if [ -n "$VQ_SIZE" ] && [ "$VQ_SIZE" -lt 4 ]; then
+    expect_err "4096 samples on a ring of $VQ_SIZE: more descriptors than the ring: E2BIG" \
+        "Argument list too long" devwrite /etc/nn-wide-4096.req
+else
+    devraw /etc/nn-wide-4096.req >/tmp/wide.out
+    expect_eq "4096 samples (9 MiB of buffers): the answer's header" "$(words </tmp/wide.out)" "$RS 4096 $w_out $w_gen"
+    expect_eq "4096 samples: outputs bit for bit (md5 of nn-model predict's)" \
+        "$(tail -c +17 /tmp/wide.out | md5sum | cut -d' ' -f1)" "$W_MD5_4096"
+fi
+rm -f /tmp/wide.out
+echo 1024 >$MAXREQ
+expect_err "a request above max_request_kib (1024): E2BIG" "Argument list too long" devwrite /etc/nn-wide-4096.req
+expect_eq "a request below max_request_kib is served" "$(devraw /etc/nn-wide-40.req | tail -c +17 | md5sum | cut -d' ' -f1)" "$W_MD5_40"
+echo 0 >$MAXREQ
+expect_eq "no warning or bug in the kernel log after the big requests" "$(kernel_log_verdict)" "clean"
+host swap-a
+echo "$IN1" >$P
+expect_eq "back to the first model after the wide one" "$(cat $P)" "$OUT1"
 
 echo 0 >$CPARAM
 echo "== timeout (the daemon is stopped), then a late answer"

@@ -25,16 +25,27 @@ Expected answers are computed on the host with `nn-model predict` (the
 scalar reference), so the guest's answers are compared bit for bit. The
 runner serves the guest script's "@@HOST:<what>" requests: stop-daemon /
 cont-daemon (SIGSTOP/SIGCONT, to make a request time out and then be
-answered late), swap-a|b|c (admin load), unplug / replug (QMP device_del,
+answered late), swap-a|b|c|w (admin load), unplug / replug (QMP device_del,
 daemon restart, device_add), kernel-log (the guest's dmesg follows; the
 runner answers "clean" or what nnlib.bad_log_lines found), replug-b (the daemon
 restarted with model b: generation 1 again, other weights). The
 /dev/neural_network magics and header layouts go to /etc/nn-expected from
 `nn-model abi`. Exit status 0 if the guest prints "GUEST-TEST: PASS".
+
+Big requests: model w (WIDE_DIMS) answers batches whose buffers span many
+pages; the runner writes their /dev requests (/etc/nn-wide-N.req, rows that
+repeat with the prime period WIDE_PATTERNS, so that a misplaced chunk shows)
+and the md5 of the expected outputs (W_MD5_N, from `nn-model predict` of each
+distinct row). nn-devwrite.c, built here with the host's cc (static), is the
+guest's /bin/nn-devwrite: a /dev write whose bytes after the header are not
+readable.
 """
 
 import argparse
+import hashlib
 import os
+import random
+import struct
 import shutil
 import signal
 import subprocess
@@ -53,6 +64,51 @@ IN1 = list(range(1, 17))
 WX = [-32768, 32767, 0, 0, 1, -1, 100, -100, 32767, 32767, -32768, -32768, 5, 6, 7, -5]
 QX = [2147483647, -2147483648, 2147483647, -2147483648, 0, 1, -1, 2147483647,
       2147483647, 2147483647, -2147483648, -2147483648, 100, -100, 32767, -32768]
+
+
+# The wide model of the big-request checks: a legal batch of WIDE_BATCHES[-1]
+# samples needs 1 MiB of inputs and 8 MiB of outputs (max_batch is 4096:
+# 64 * 512 multiply-accumulates a sample).
+WIDE_DIMS = [64, 512]
+WIDE_BATCHES = (40, 4096)
+WIDE_PATTERNS = 61
+
+
+def write_wide(work, model, expected):
+    """The big-request checks' files: /dev requests of WIDE_BATCHES samples
+    of model (rows repeating with period WIDE_PATTERNS) and, in expected,
+    W_MODEL and the md5 of each answer's outputs (little-endian i32, as the
+    guest reads them after the 16-byte header), from nn-model predict.
+    Returns the --add arguments of the request files."""
+    in_dim, out_dim = WIDE_DIMS[0], WIDE_DIMS[-1]
+    rng = random.Random(13)
+    rows = [[rng.randrange(-(4 << 16), 4 << 16) for _ in range(in_dim)]
+            for _ in range(WIDE_PATTERNS)]
+    outs = [[int(v) for v in nnlib.reference(model, row).split(",")] for row in rows]
+    assert all(len(o) == out_dim for o in outs)
+    lines = {"W_MODEL": "x".join(map(str, WIDE_DIMS))}
+    adds = []
+    for n in WIDE_BATCHES:
+        values = [v for r in range(n) for v in rows[r % WIDE_PATTERNS]]
+        words = nnlib.dev_request(in_dim, values, num_samples=n)
+        path = os.path.join(work, f"wide-{n}.req")
+        with open(path, "wb") as f:
+            f.write(struct.pack(f"<{len(words)}I", *(w & 0xFFFFFFFF for w in words)))
+        adds += ["--add", f"{path}:/etc/nn-wide-{n}.req"]
+        answer = [v for r in range(n) for v in outs[r % WIDE_PATTERNS]]
+        lines[f"W_MD5_{n}"] = hashlib.md5(struct.pack(f"<{len(answer)}i", *answer)).hexdigest()
+    with open(expected, "a") as f:
+        for k, v in lines.items():
+            f.write(f"{k}='{v}'\n")
+    return adds
+
+
+def build_devwrite(work):
+    """tests/guest/nn-devwrite.c as a static binary (the host's cc)."""
+    out = os.path.join(work, "nn-devwrite")
+    subprocess.run([os.environ.get("CC", "cc"), "-static", "-O2", "-Wall", "-o", out,
+                    os.path.join(HERE, "nn-devwrite.c")], check=True)
+    return out
 
 
 def write_expected(path, models):
@@ -102,7 +158,7 @@ def main():
     # the models to hot-swap in: a wider output, then another input width.
     models = {"a": os.path.join(work, "model-a.safetensors")}
     shutil.copy(nnlib.DEFAULT_MODEL, models["a"])
-    for name, dims in (("b", [16, 24, 6]), ("c", [8, 16, 3])):
+    for name, dims in (("b", [16, 24, 6]), ("c", [8, 16, 3]), ("w", WIDE_DIMS)):
         models[name] = nnlib.generate_model(os.path.join(work, f"model-{name}.safetensors"),
                                             dims, 5)
     expected = os.path.join(work, "nn-expected")
@@ -110,7 +166,9 @@ def main():
         f.write(f"VQ_SIZE='{args.vq_size or ''}'\nEVENTS='1'\nQUEUES='{args.queues}'\n"
                 f"BENCH_ARGS='{args.bench}'\n")
     write_expected(expected, models)
+    wide_adds = write_wide(work, models["w"], expected)
     print(open(expected).read(), end="")
+    devwrite = build_devwrite(work)
 
     # Users of the kernel API (guest-driver/consumer), if built.
     extra_kos = []
@@ -124,7 +182,8 @@ def main():
     subprocess.run([os.path.join(nnlib.REPO, "scripts/build-initramfs.sh"), "--output", initrd,
                     "--no-default-modules", "--ko", ko, *extra_kos,
                     "--add", os.path.join(HERE, "guest-test.sh") + ":/bin/nn-guest-test",
-                    "--add", expected + ":/etc/nn-expected"], check=True,
+                    "--add", expected + ":/etc/nn-expected",
+                    "--add", devwrite + ":/bin/nn-devwrite", *wide_adds], check=True,
                    stdout=subprocess.DEVNULL)
 
     # sockets in a short directory (sun_path is 108 bytes)
