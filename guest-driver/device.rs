@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The virtio-nn device: the request queues and predictions (probe and
-//! remove are in `device/probe.rs`).
+//! remove are in `device/probe.rs`, suspend and resume in `device/pm.rs`).
 //!
 //! Queues: the device has `num_req_queues` request queues (config space)
 //! and, after them, the event queue. The driver uses all request queues: a
@@ -20,6 +20,7 @@
 //!   is stale; with the RCU device lookup of [`crate::Globals`] and the
 //!   per-CPU queues, the hot path takes no lock shared by all CPUs.
 
+mod pm;
 mod probe;
 
 use crate::config_snap::ConfigSnapshot;
@@ -85,7 +86,8 @@ const MAX_FIND_QUEUES: usize = 256;
 
 /// State protected by [`NnDevice::vq`].
 struct VqState {
-    /// The request queue; null once the device is being removed.
+    /// The request queue; null once the device is being removed, or while
+    /// it is frozen (see [`pm`]).
     vq: *mut bindings::virtqueue,
 }
 
@@ -122,7 +124,8 @@ pub(crate) struct ReqQueue {
     /// `vq_space`: a submitter that found the queue full waits, without
     /// the lock, until it differs from the value it saw under the lock.
     space_seq: AtomicU32,
-    /// The virtqueue, kept for `teardown` after `vq` is cleared.
+    /// The virtqueue, kept for `stop_queues` after `vq` is cleared; null
+    /// once deleted.
     raw: AtomicPtr<bindings::virtqueue>,
     /// Requests put on this queue.
     submitted: AtomicU64,
@@ -211,6 +214,9 @@ pub(crate) struct NnDevice {
     /// Orphans per uid.
     #[pin]
     orphans: Orphans,
+    /// Suspend and resume.
+    #[pin]
+    pm: pm::PmState,
 }
 
 /// A summary of the model for `model_info`.
@@ -246,6 +252,7 @@ impl NnDevice {
             next_id: AtomicU64::new(1),
             events <- EventQueue::new(),
             orphans <- Orphans::new(),
+            pm <- pm::PmState::new(),
         })
     }
 
@@ -357,6 +364,10 @@ impl NnDevice {
     /// A request larger than the module's cap, or that cannot be split
     /// into as few descriptors as the ring holds, fails with `E2BIG` (see
     /// [`Request::new`]).
+    ///
+    /// A request that finds the device frozen for system sleep, or that the
+    /// device still held when it was frozen, is sent again once the device
+    /// is restored, within the deadline (see [`pm`]).
     pub(crate) fn predict(
         &self,
         op: Op,
@@ -402,12 +413,31 @@ impl NnDevice {
             let uid = crate::bind::sys::current_euid();
             self.orphans.check(uid)?;
             let q = self.my_queue();
-            let limits = q.limits()?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let req = Request::new(op, id, inputs, num_samples, out_dim, &limits)?;
-            self.submit(q, &req, deadline)?;
+            let sent = match q.limits() {
+                Ok(limits) => {
+                    let req = Request::new(op, id, inputs, num_samples, out_dim, &limits)?;
+                    self.submit(q, &req, deadline).map(|()| req)
+                }
+                Err(_) => Err(self.stopped_error()),
+            };
+            let req = match sent {
+                Ok(req) => req,
+                // Frozen: send it once the device is back.
+                Err(e) if pm::is_suspended(&e) => {
+                    self.wait_thawed(deadline)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let done = match req.wait(deadline) {
                 Ok(done) => done,
+                // The device was frozen (reset) before answering: send it
+                // again once the device is back.
+                Err(e) if pm::is_suspended(&e) => {
+                    self.wait_thawed(deadline)?;
+                    continue;
+                }
                 Err(e) => {
                     // SAFETY: `req` was submitted; the counters belong to
                     // this device, whose queues hand back or fail every
@@ -482,7 +512,9 @@ impl NnDevice {
     /// request has more descriptors than the ring; waits (until `deadline`;
     /// only a fatal signal interrupts it) while the ring has too few free
     /// descriptors for it (one with indirect descriptors, else one per
-    /// chunk): each buffer the device hands back wakes the wait.
+    /// chunk): each buffer the device hands back wakes the wait. Fails with
+    /// `ENODEV` once the device is going away, and with [`pm`]'s internal
+    /// error while it is frozen.
     ///
     /// The notification (a VM exit) is prepared under the queue lock and
     /// sent after it is released, with interrupts enabled; an RCU read-side
@@ -498,7 +530,7 @@ impl NnDevice {
             let rcu = RcuReadLock::new();
             let state = q.vq.lock();
             if state.vq.is_null() {
-                return Err(ENODEV);
+                return Err(self.stopped_error());
             }
             // SAFETY: The queue is live while the lock is held and its
             // pointer is not null.
@@ -668,7 +700,8 @@ impl NnDevice {
         {
             let state = q.vq.lock();
             if state.vq.is_null() {
-                // Being removed: `teardown` fails everything left.
+                // Being removed or frozen: `stop_queues` completes
+                // everything left.
                 return;
             }
             loop {
@@ -699,26 +732,53 @@ impl NnDevice {
     unsafe fn teardown(&self, vdev: *mut bindings::virtio_device) {
         self.gone.store(true, Ordering::Release);
         self.config.lock().vdev = ptr::null_mut();
+        // Callers waiting for a frozen device to come back see it gone.
+        self.pm.wake();
+        // SAFETY: Guaranteed by the caller.
+        let failed = unsafe { self.stop_queues(vdev, ENODEV) };
+        if failed > 0 {
+            pr_info!(
+                "virtio{}: failed {} requests in flight\n",
+                self.index,
+                failed
+            );
+        }
+    }
+
+    /// Stops using the queues: nothing is submitted any more (submitters
+    /// waiting for room are woken), the device is reset, every request
+    /// still on a request queue is completed with `error`, the event
+    /// buffers are freed and the virtqueues deleted. Returns how many
+    /// requests it completed. The caller marks the device gone or frozen
+    /// first, so that submitters tell why the queues are null.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the device this was probed with, still bound; process
+    /// context.
+    unsafe fn stop_queues(&self, vdev: *mut bindings::virtio_device, error: Error) -> u32 {
         for q in self.queues.iter() {
             q.vq.lock().vq = ptr::null_mut();
-            // Submitters waiting for room see the device gone.
+            // Submitters waiting for room see the queue gone.
             q.notify_space();
         }
         // Submitters notify the device after the queue lock, inside an RCU
         // read-side section: wait for them before the queues go.
-        // SAFETY: No preconditions; may sleep (process context: remove or
-        // a failed probe).
+        // SAFETY: No preconditions; may sleep (process context: remove,
+        // freeze or a failed probe).
         unsafe { bindings::synchronize_rcu() };
         let event_vq = self.events.stop();
         // SAFETY: `vdev` is valid (caller). After the reset the device uses
         // no buffer and no callback runs any more.
         unsafe { bindings::virtio_reset_device(vdev) };
         let mut failed = 0u32;
+        let mut any_vq = !event_vq.is_null();
         for q in self.queues.iter() {
-            let vq = q.raw.load(Ordering::Relaxed);
+            let vq = q.raw.swap(ptr::null_mut(), Ordering::Relaxed);
             if vq.is_null() {
                 continue;
             }
+            any_vq = true;
             let _guard = q.vq.lock();
             loop {
                 // SAFETY: The queue still exists and the device is reset.
@@ -728,23 +788,21 @@ impl NnDevice {
                 }
                 // SAFETY: The token comes from `into_token` and the device
                 // no longer uses it.
-                unsafe { Request::complete_token(token, 0, ENODEV.to_errno()) };
+                unsafe { Request::complete_token(token, 0, error.to_errno()) };
                 failed += 1;
             }
-        }
-        if failed > 0 {
-            pr_info!(
-                "virtio{}: failed {} requests in flight\n",
-                self.index,
-                failed
-            );
         }
         if !event_vq.is_null() {
             // SAFETY: From `stop`; the queue exists and the device is reset.
             unsafe { self.events.drain(event_vq) };
         }
-        // SAFETY: `vdev` is valid and reset; its queues are unused.
-        unsafe { glue::virtio_nn_del_vqs(vdev) };
+        // The queues are gone already if a restore could not set them up
+        // again.
+        if any_vq {
+            // SAFETY: `vdev` is valid and reset; its queues are unused.
+            unsafe { glue::virtio_nn_del_vqs(vdev) };
+        }
+        failed
     }
 }
 

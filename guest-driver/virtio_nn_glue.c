@@ -216,6 +216,10 @@ static struct virtio_driver virtio_nn_driver = {
 	.probe = virtio_nn_probe,
 	.remove = virtio_nn_remove,
 	.config_changed = virtio_nn_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze = virtio_nn_freeze,
+	.restore = virtio_nn_restore,
+#endif
 };
 
 int virtio_nn_register_driver(void)

@@ -28,6 +28,8 @@ struct wait_queue_head;
 int virtio_nn_probe(struct virtio_device *vdev);
 void virtio_nn_remove(struct virtio_device *vdev);
 void virtio_nn_config_changed(struct virtio_device *vdev);
+int virtio_nn_freeze(struct virtio_device *vdev);
+int virtio_nn_restore(struct virtio_device *vdev);
 void virtio_nn_vq_done(struct virtqueue *vq);
 void virtio_nn_event_done(struct virtqueue *vq);
 

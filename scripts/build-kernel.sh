@@ -77,6 +77,11 @@ WANT_Y=(
     # transport canary: virtio-rng lets tests check virtio-pci (INTx with
     # -device virtio-rng-pci,vectors=0, hotplug on rp0) without the daemon
     HW_RANDOM HW_RANDOM_VIRTIO
+    # system sleep (PM_SLEEP follows from SUSPEND): the driver's freeze/restore
+    # run on `echo freeze > /sys/power/state`; PM_DEBUG gives
+    # /sys/power/pm_test, whose "devices" level resumes after the devices'
+    # suspend callbacks without a wake-up source (there is no ACPI here)
+    SUSPEND PM_SLEEP PM_DEBUG PM_SLEEP_DEBUG
 )
 # Options that must be off (RUST needs MODVERSIONS off).
 WANT_N=(MODVERSIONS)

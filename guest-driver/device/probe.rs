@@ -2,7 +2,7 @@
 
 //! Probe and remove of the virtio-nn device, and the virtio callbacks
 //! (queue interrupts, config change) that find the device through
-//! `vdev->priv`.
+//! `vdev->priv` (freeze and restore are in `pm.rs`).
 
 use super::{read_config, NnDevice, ReqQueue, MAX_FIND_QUEUES, MAX_REQ_QUEUES};
 use crate::glue;
@@ -92,7 +92,7 @@ fn probe(vdev: *mut bindings::virtio_device) -> Result {
 /// queues alone if the device has no event queue (or too many request
 /// queues). Returns the first `nq` request queues and the event queue.
 #[allow(clippy::type_complexity)]
-fn find_vqs(
+pub(super) fn find_vqs(
     vdev: *mut bindings::virtio_device,
     dev_queues: usize,
     nq: usize,

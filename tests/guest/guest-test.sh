@@ -535,6 +535,52 @@ expect_eq "model_info after reload" "$(head -n 2 $INFO | tr '\n' ' ')" "Model: $
 echo "$IN1" >$P
 expect_eq "predict after reload" "$(cat $P)" "$OUT1"
 
+echo "== system sleep: freeze/restore with a request in flight"
+# virtio-pci resets the device on resume; the driver's freeze/restore set its
+# queues up again. pm_test "devices": `echo freeze` runs the devices' suspend
+# callbacks, waits pm_test_delay s and resumes them (no wake-up source needed:
+# the guest has no ACPI).
+if [ -e /sys/power/pm_test ] && grep -qw freeze /sys/power/state; then
+    echo devices >/sys/power/pm_test
+    echo 1 >/sys/module/suspend/parameters/pm_test_delay
+    echo 2000 >$PARAM
+    echo "$Q1_IN" >$Q
+    expect_eq "before sleep" "$(cat $Q)" "$Q1_OUT"
+    # An orphan (its waiter timed out) that the device holds at freeze.
+    host stop-daemon
+    echo 300 >$PARAM
+    expect_err "sleep: a request the device holds (orphan)" "timed out" wr $Q "$QX_IN"
+    expect_eq "sleep: one orphan before freeze" "$(kv $PERF orphans)" "1"
+    echo 2000 >$PARAM
+    # The reset waits for the stopped daemon (vhost-user): it goes on in 3 s.
+    host cont-daemon-in-3s
+    echo freeze >/sys/power/state
+    expect_eq "sleep: echo freeze rc" "$?" "0"
+    expect_eq "sleep: the driver froze with the request in flight and restored" \
+        "$(dmesg | grep -c 'frozen (1 requests in flight') $(dmesg | grep -c 'virtio[0-9]*: restored')" "1 1"
+    expect_eq "sleep: no orphan left after resume" "$(kv $PERF orphans)" "0"
+    echo "$Q1_IN" >$Q
+    expect_eq "sleep: answers bit-exact after resume" "$(cat $Q)" "$Q1_OUT"
+    echo "$QX_IN" >$Q
+    expect_eq "sleep: answers bit-exact after resume (extremes)" "$(cat $Q)" "$QX_OUT"
+    expect_eq "sleep: /dev after resume" "$(devrun /tmp/req1)" "$RS 1 $out_w $(kv $INFO Generation) $q1out"
+    expect_eq "sleep: model_info after resume" "$(head -n 2 $INFO | tr '\n' ' ')" "Model: $MODEL Status: active "
+    echo 1 >$HEALTH
+    expect_eq "sleep: health check after resume" "$(kv $HEALTH status) $(kv $HEALTH last_result)" "ok 0"
+    # Sleep while a process keeps predicting: each answer exact.
+    sh -c "n=0; while [ \$n -lt 40 ]; do echo '$Q1_IN' >$Q && cat $Q; n=\$((n + 1)); done" >/tmp/sleep.out 2>&1 &
+    sleep 0.5
+    echo freeze >/sys/power/state
+    expect_eq "sleep again: echo freeze rc" "$?" "0"
+    wait
+    expect_eq "sleep while predicting: 40 exact answers" "$(grep -cx -- "$Q1_OUT" /tmp/sleep.out) $(wc -l </tmp/sleep.out)" "40 40"
+    expect_eq "sleep: two restores" "$(dmesg | grep -c 'virtio[0-9]*: restored')" "2"
+    echo none >/sys/power/pm_test
+    echo 5000 >$PARAM
+else
+    bad "sleep: no freeze in /sys/power/state or no /sys/power/pm_test (kernel without SUSPEND/PM_DEBUG, see scripts/build-kernel.sh)"
+fi
+
 echo "== rmmod with a request the device has not answered"
 echo 0 >$PARAM
 host stop-daemon

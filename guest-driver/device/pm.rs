@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Suspend and resume: `virtio_driver.freeze` and `.restore`.
+//!
+//! Around system sleep virtio-pci resets the device (on `freeze` of
+//! hibernation, and on suspend unless the device keeps its state, PCI PM
+//! `No_Soft_Reset`): the virtqueues the driver set up are forgotten, and so
+//! are the requests on them. So `freeze` stops using the queues as `remove`
+//! does (the device reset, the queues deleted), but keeps the device bound
+//! and published, and `restore` sets them up again as `probe` does.
+//!
+//! * A request in flight at `freeze` is handed back unanswered, and its
+//!   waiter sends it again once the device is restored (within the waiter's
+//!   deadline): predictions have no side effect, so a request that the
+//!   device had already answered is only computed twice. An orphan (its
+//!   waiter gave up) is simply dropped: its counters fall back.
+//! * A caller that arrives while the device is frozen waits for `restore`,
+//!   within its deadline (`ETIMEDOUT` after it; only a fatal signal ends
+//!   the wait early). User space is frozen then anyway; this is for
+//!   kernel threads (the kernel API, the health check).
+//! * `restore` finds the queues again, gives the device fresh event
+//!   buffers, reads the config space again (the model may have been
+//!   swapped meanwhile without an event reaching the driver) unless the
+//!   device is unresponsive, and starts a new result-cache epoch. If it
+//!   cannot set up the queues, the device counts as gone: waiters get
+//!   `ENODEV`, as after `remove`.
+
+use super::probe::find_vqs;
+use super::NnDevice;
+use crate::glue;
+use crate::request::{etimedout, Deadline};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use kernel::bindings;
+use kernel::error::from_result;
+use kernel::ffi::c_int;
+use kernel::prelude::*;
+use kernel::types::Opaque;
+
+/// The error with which `freeze` completes the requests on the queues,
+/// and a submitter finds the queues of a frozen device: internal, never
+/// returned to a caller ([`NnDevice::predict`] sends the request again).
+fn suspended() -> Error {
+    Error::from_errno(-(bindings::ECANCELED as i32))
+}
+
+/// Whether `e` is [`suspended`]: the request must be sent again after
+/// [`NnDevice::wait_thawed`].
+pub(super) fn is_suspended(e: &Error) -> bool {
+    e.to_errno() == suspended().to_errno()
+}
+
+/// The suspend state of a device.
+#[pin_data]
+pub(super) struct PmState {
+    /// Set from `freeze` until `restore` has set the queues up again.
+    frozen: AtomicBool,
+    /// Changed after `frozen` is cleared and after the device is marked
+    /// gone, before each wake-up of `thawed`.
+    seq: AtomicU32,
+    /// Where callers wait for a frozen device to come back.
+    #[pin]
+    thawed: Opaque<bindings::wait_queue_head>,
+}
+
+// SAFETY: `thawed` is a kernel wait queue, which its own spinlock makes safe
+// to use from any thread; the other fields are atomics.
+unsafe impl Send for PmState {}
+// SAFETY: See `Send`.
+unsafe impl Sync for PmState {}
+
+impl PmState {
+    /// A device that is not frozen.
+    pub(super) fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            frozen: AtomicBool::new(false),
+            seq: AtomicU32::new(0),
+            // SAFETY: `slot` is valid for writes and pinned: the wait queue
+            // stays where it is initialised.
+            thawed <- Opaque::ffi_init(|slot| unsafe { glue::virtio_nn_init_waitqueue_head(slot) }),
+        })
+    }
+
+    /// Wakes the callers waiting in [`NnDevice::wait_thawed`]; call after
+    /// clearing `frozen` or marking the device gone.
+    pub(super) fn wake(&self) {
+        self.seq.fetch_add(1, Ordering::Release);
+        // SAFETY: `thawed` was initialised in `new`.
+        unsafe { glue::virtio_nn_wake_up_all(self.thawed.get()) };
+    }
+}
+
+impl NnDevice {
+    /// Why a submitter found the queues null: [`suspended`] while the device
+    /// is frozen, else `ENODEV` (it is going away).
+    pub(super) fn stopped_error(&self) -> Error {
+        if self.pm.frozen.load(Ordering::Acquire) && !self.gone.load(Ordering::Acquire) {
+            suspended()
+        } else {
+            ENODEV
+        }
+    }
+
+    /// Waits while the device is frozen, until `deadline` at most (only a
+    /// fatal signal ends the wait early). Fails with `ENODEV` if the device
+    /// is gone, `ETIMEDOUT` once `deadline` has passed, `EINTR` on a fatal
+    /// signal.
+    pub(super) fn wait_thawed(&self, deadline: &Deadline) -> Result {
+        loop {
+            // Read first: `restore` and `teardown` change it after clearing
+            // `frozen` or setting `gone`, so a value seen here that changes
+            // later is a wake-up this wait cannot miss.
+            let seen = self.pm.seq.load(Ordering::Acquire);
+            if self.gone.load(Ordering::Acquire) {
+                return Err(ENODEV);
+            }
+            if !self.pm.frozen.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let left = deadline.left();
+            if left == 0 {
+                return Err(etimedout());
+            }
+            // SAFETY: `thawed` was initialised in `PmState::new`; `seq` is a
+            // live `u32`; `left` is positive.
+            let ret = unsafe {
+                glue::virtio_nn_wait_seq_killable(
+                    self.pm.thawed.get(),
+                    self.pm.seq.as_ptr(),
+                    seen,
+                    left,
+                )
+            };
+            if ret < 0 {
+                return Err(EINTR);
+            }
+        }
+    }
+
+    /// `freeze`: stops using the queues (see the module documentation).
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the device this was probed with, bound and not frozen.
+    unsafe fn freeze(&self, vdev: *mut bindings::virtio_device) {
+        self.pm.frozen.store(true, Ordering::Release);
+        // SAFETY: Guaranteed by the caller; `freeze` runs in process
+        // context.
+        let resent = unsafe { self.stop_queues(vdev, suspended()) };
+        pr_info!(
+            "virtio{}: frozen ({} requests in flight to be sent again)\n",
+            self.index,
+            resent
+        );
+    }
+
+    /// `restore`: sets the queues up again (see the module documentation).
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the device this was probed with, bound and frozen; its
+    /// features negotiated again.
+    unsafe fn restore(&self, vdev: *mut bindings::virtio_device) -> Result {
+        if self.gone.load(Ordering::Acquire) {
+            // An earlier restore failed: the device stays unusable.
+            return Err(ENODEV);
+        }
+        let dev_queues = self.config.lock().cfg.num_req_queues as usize;
+        let (vqs, event_vq) = match find_vqs(vdev, dev_queues, self.queues.len()) {
+            Ok(vqs) => vqs,
+            Err(e) => {
+                pr_err!(
+                    "virtio{}: cannot set up the queues again: {:?}\n",
+                    self.index,
+                    e
+                );
+                // As after `remove`: nothing is submitted any more.
+                self.gone.store(true, Ordering::Release);
+                self.config.lock().vdev = core::ptr::null_mut();
+                self.pm.wake();
+                return Err(e);
+            }
+        };
+        for (q, &vq) in self.queues.iter().zip(vqs.iter()) {
+            q.raw.store(vq, Ordering::Relaxed);
+        }
+        // SAFETY: `vdev` is valid and its queues are set up.
+        unsafe { glue::virtio_nn_device_ready(vdev) };
+        // Submitters may notify the device from here on: after DRIVER_OK.
+        for (q, &vq) in self.queues.iter().zip(vqs.iter()) {
+            q.vq.lock().vq = vq;
+        }
+        if let Some(event_vq) = event_vq {
+            // SAFETY: The event queue was just set up and the device is ready.
+            unsafe { self.events.start(event_vq) };
+        }
+        // No event reached the driver while the device was frozen: read the
+        // config again (unless the device is unresponsive: see `refresh`).
+        self.config_stale.store(true, Ordering::Relaxed);
+        {
+            let mut state = self.config.lock();
+            if let Err(e) = self.refresh(&mut state) {
+                pr_warn!(
+                    "virtio{}: cannot read the config after resume: {:?}\n",
+                    self.index,
+                    e
+                );
+            }
+        }
+        // The backend may have changed while the guest slept.
+        if let Ok(globals) = crate::globals() {
+            globals.cache.new_epoch();
+        }
+        self.pm.frozen.store(false, Ordering::Release);
+        self.pm.wake();
+        pr_info!("virtio{}: restored\n", self.index);
+        Ok(())
+    }
+}
+
+/// The device of a bound `vdev`, borrowed from `vdev->priv`.
+///
+/// # Safety
+///
+/// `vdev` must be bound to this driver (its `priv` holds the reference taken
+/// in `probe`) for the returned lifetime.
+unsafe fn bound_device<'a>(vdev: *mut bindings::virtio_device) -> &'a NnDevice {
+    // SAFETY: Guaranteed by the caller.
+    unsafe { &*(*vdev).priv_.cast::<NnDevice>() }
+}
+
+/// `virtio_driver.freeze`.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_freeze(vdev: *mut bindings::virtio_device) -> c_int {
+    // SAFETY: The PM core calls `freeze` for a bound device, in process
+    // context, not concurrently with `remove`, and not twice without a
+    // `restore` in between.
+    unsafe { bound_device(vdev).freeze(vdev) };
+    0
+}
+
+/// `virtio_driver.restore`.
+#[no_mangle]
+pub(crate) extern "C" fn virtio_nn_restore(vdev: *mut bindings::virtio_device) -> c_int {
+    // SAFETY: The PM core calls `restore` for a bound device after its
+    // `freeze`, in process context, not concurrently with `remove`, once
+    // the features are negotiated again.
+    let result = unsafe { bound_device(vdev).restore(vdev) };
+    from_result(|| result.map(|()| 0))
+}
