@@ -16,7 +16,12 @@
 //!   the module owns (driver, shrinker, health work), undone on drop.
 //! * [`irq_lock`], [`seqlock`], [`rcu`]: locking primitives the kernel
 //!   crate of Linux 6.12 lacks.
+//! * [`sync`]: a completion and a wait queue with killable, bounded waits.
 //! * [`pid`]: a pinned session `struct pid`.
+//! * [`virtio`]: the virtio device, its virtqueues (typed tokens, the
+//!   notification after the lock, deletion after a reset and a grace
+//!   period) and the `virtio_driver` entry points; [`dma`]: the chunked
+//!   buffers a virtqueue lends the device, with their scatterlists.
 //! * [`user`]: user-space buffers and file positions of the file entry
 //!   points.
 //! * [`procfs`], [`sysfs`], [`api`]: the C entry points of `/proc`, sysfs and
@@ -24,6 +29,7 @@
 //!   before calling the driver's logic.
 
 pub(crate) mod api;
+pub(crate) mod dma;
 pub(crate) mod file;
 pub(crate) mod global;
 pub(crate) mod glue;
@@ -33,6 +39,8 @@ pub(crate) mod pid;
 pub(crate) mod procfs;
 pub(crate) mod rcu;
 pub(crate) mod seqlock;
+pub(crate) mod sync;
 pub(crate) mod sys;
 pub(crate) mod sysfs;
 pub(crate) mod user;
+pub(crate) mod virtio;

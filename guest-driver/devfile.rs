@@ -39,11 +39,12 @@
 //! requires membership of that group (or `CAP_DAC_OVERRIDE`), else
 //! `EACCES`.
 
+use crate::bind::kvec::{values_as_bytes, values_as_bytes_mut};
 use crate::bind::{sys, user};
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
 use crate::predict::CachePolicy;
 use crate::protocol;
-use crate::request::{values_as_bytes, values_as_bytes_mut, Deadline};
+use crate::request::Deadline;
 use kernel::alloc::flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT};
 use kernel::bindings::{self, loff_t};
 use kernel::prelude::*;

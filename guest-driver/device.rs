@@ -11,33 +11,33 @@
 //! Locking:
 //! * [`ReqQueue::vq`] (a spinlock taken with interrupts disabled, one per
 //!   request queue) protects that virtqueue; it is taken by submitters and by
-//!   the queue's interrupt callback. A null queue pointer means the device is
-//!   going away: nothing is submitted any more.
+//!   the queue's interrupt callback. No queue there means the device is
+//!   going away or frozen: nothing is submitted.
 //! * [`NnDevice::config`] (a mutex) protects the cached config space and
 //!   serialises config reads, which sleep (each is a round trip to the host).
-//!   A null `vdev` there means the device is going away. Predictions read a
+//!   No `vdev` there means the device is going away. Predictions read a
 //!   lock-free copy ([`ConfigSnapshot`], a sequence lock) unless the config
 //!   is stale; with the RCU device lookup of [`crate::Globals`] and the
 //!   per-CPU queues, the hot path takes no lock shared by all CPUs.
 
 mod pm;
-mod probe;
+pub(crate) mod probe;
 
+use crate::bind::dma::QueueLimits;
+use crate::bind::kvec::values_as_bytes_mut;
+use crate::bind::rcu::ReadGuard;
+use crate::bind::sync::{SeqWait, Wait};
+use crate::bind::virtio::{VirtioDevice, Virtqueue};
 use crate::config_snap::ConfigSnapshot;
 use crate::events::EventQueue;
-use crate::glue;
 use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::orphans::Orphans;
 use crate::protocol::{self, cfg, DeviceConfig, ResponseHeader};
-use crate::request::{
-    etimedout, values_as_bytes_mut, Completed, Deadline, Op, QueueLimits, Request,
-};
-use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use kernel::bindings;
+use crate::request::{etimedout, Completed, Deadline, Op, Request};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use kernel::alloc::flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT};
 use kernel::prelude::*;
 use kernel::sync::{new_mutex, Arc, Mutex};
-use kernel::types::Opaque;
 
 /// Whether a message that a request can cause may be printed now: one rate
 /// limit (the kernel's default) for all of them, so that no caller can flood
@@ -84,20 +84,10 @@ const MAX_REQ_QUEUES: usize = 64;
 /// them.
 const MAX_FIND_QUEUES: usize = 256;
 
-/// State protected by [`NnDevice::vq`].
-struct VqState {
-    /// The request queue; null once the device is being removed, or while
-    /// it is frozen (see [`pm`]).
-    vq: *mut bindings::virtqueue,
-}
-
-// SAFETY: The queue pointer is only used with the lock held, from any thread.
-unsafe impl Send for VqState {}
-
 /// State protected by [`NnDevice::config`].
 struct ConfigState {
-    /// The virtio device; null once it is being removed.
-    vdev: *mut bindings::virtio_device,
+    /// The virtio device; `None` once it is being removed.
+    vdev: Option<VirtioDevice>,
     /// The config space as last read.
     cfg: DeviceConfig,
     /// The last config read failed.
@@ -107,26 +97,19 @@ struct ConfigState {
     next_unasked_read: Option<Deadline>,
 }
 
-// SAFETY: `vdev` is only used with the lock held, from any thread.
-unsafe impl Send for ConfigState {}
-
 /// One request queue.
 #[pin_data]
 pub(crate) struct ReqQueue {
-    /// The virtqueue.
+    /// The virtqueue; `None` once the device is being removed, or while it
+    /// is frozen (see [`pm`]).
     #[pin]
-    vq: IrqSpinLock<VqState>,
-    /// Woken when the device hands buffers back (room on the queue) and
-    /// when it goes away, after `space_seq` changed.
+    vq: IrqSpinLock<Option<Virtqueue<Request>>>,
+    /// Notified when the device hands buffers back (room on the queue) and
+    /// when it goes away: a submitter that found the queue full reads its
+    /// counter under the lock and waits, without the lock, until it
+    /// changes.
     #[pin]
-    vq_space: Opaque<bindings::wait_queue_head>,
-    /// Changed (under or after the queue lock) before each wake-up of
-    /// `vq_space`: a submitter that found the queue full waits, without
-    /// the lock, until it differs from the value it saw under the lock.
-    space_seq: AtomicU32,
-    /// The virtqueue, kept for `stop_queues` after `vq` is cleared; null
-    /// once deleted.
-    raw: AtomicPtr<bindings::virtqueue>,
+    space: SeqWait,
     /// Requests put on this queue.
     submitted: AtomicU64,
     /// Orphans on this queue: requests whose waiter gave up, not yet
@@ -134,54 +117,35 @@ pub(crate) struct ReqQueue {
     orphans: AtomicU32,
 }
 
-// SAFETY: `vq_space` is a kernel wait queue, which its own spinlock makes
-// safe to use from any thread (as `CondVar`'s); the other fields are a lock
-// and atomics.
-unsafe impl Send for ReqQueue {}
-// SAFETY: See `Send`.
-unsafe impl Sync for ReqQueue {}
-
 impl ReqQueue {
     fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            raw: AtomicPtr::new(ptr::null_mut()),
             submitted: AtomicU64::new(0),
             orphans: AtomicU32::new(0),
-            vq <- new_irq_spinlock!(VqState { vq: ptr::null_mut() }, "virtio_nn_vq"),
-            // SAFETY: `slot` is valid for writes and pinned: the wait queue
-            // stays where it is initialised.
-            vq_space <- Opaque::ffi_init(|slot| unsafe { glue::virtio_nn_init_waitqueue_head(slot) }),
-            space_seq: AtomicU32::new(0),
+            vq <- new_irq_spinlock!(None, "virtio_nn_vq"),
+            space <- SeqWait::new(),
         })
     }
 
     /// What a request for this queue must fit: the ring size and the
-    /// largest segment the platform maps. `ENODEV` once the device is
-    /// going away.
+    /// largest segment the platform maps. `ENODEV` while the queue is not
+    /// set up.
     fn limits(&self) -> Result<QueueLimits> {
-        let state = self.vq.lock();
-        if state.vq.is_null() {
-            return Err(ENODEV);
-        }
-        // SAFETY: The queue is live while the lock is held and its pointer
-        // is not null; so is its device.
-        let (descs, max_seg) = unsafe {
-            (
-                bindings::virtqueue_get_vring_size(state.vq),
-                bindings::virtio_max_dma_size((*state.vq).vdev),
-            )
-        };
-        Ok(QueueLimits {
-            descs: descs as usize,
-            max_seg,
-        })
+        self.vq.lock().as_ref().map(|vq| vq.limits()).ok_or(ENODEV)
     }
 
     /// Wakes the submitters waiting for room (or for the device to go).
     fn notify_space(&self) {
-        self.space_seq.fetch_add(1, Ordering::Release);
-        // SAFETY: `vq_space` was initialised in `new`.
-        unsafe { glue::virtio_nn_wake_up_all(self.vq_space.get()) };
+        self.space.notify();
+    }
+
+    /// Completes `req`, handed back by the device or failed, and releases
+    /// the counts of an orphan.
+    fn complete(&self, orphans: &Orphans, req: &Request, used_len: u32, error: i32) {
+        if let Some(slot) = req.complete(used_len, error) {
+            orphans.release(slot);
+            self.orphans.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -227,18 +191,16 @@ pub(crate) struct ModelInfo {
 
 impl NnDevice {
     fn new(
-        vdev: *mut bindings::virtio_device,
+        vdev: VirtioDevice,
         cfg: DeviceConfig,
         queues: KVec<Pin<KBox<ReqQueue>>>,
     ) -> impl PinInit<Self> {
-        // SAFETY: `vdev` is the valid device being probed.
-        let index = unsafe { (*vdev).index } as u32;
         pin_init!(Self {
-            index,
+            index: vdev.index(),
             queues,
             config <- new_mutex!(
                 ConfigState {
-                    vdev,
+                    vdev: Some(vdev),
                     cfg,
                     read_failed: false,
                     next_unasked_read: None,
@@ -273,9 +235,9 @@ impl NnDevice {
     /// config read once its vhost-user backend has died, and any user can
     /// make a request, or read `model_info`, at any time.
     fn refresh(&self, state: &mut ConfigState) -> Result {
-        if state.vdev.is_null() {
+        let Some(vdev) = state.vdev else {
             return Err(ENODEV);
-        }
+        };
         if self.unresponsive() {
             return Ok(());
         }
@@ -289,7 +251,7 @@ impl NnDevice {
             return Ok(());
         }
         self.config_stale.store(false, Ordering::Relaxed);
-        let result = read_config(state.vdev, self.index);
+        let result = read_config(vdev);
         state.next_unasked_read = Some(Deadline::after_ms(UNASKED_READ_INTERVAL_MS));
         state.read_failed = result.is_err();
         match result {
@@ -439,10 +401,16 @@ impl NnDevice {
                     continue;
                 }
                 Err(e) => {
-                    // SAFETY: `req` was submitted; the counters belong to
-                    // this device, whose queues hand back or fail every
-                    // request before it is freed.
-                    let orphaned = unsafe { req.orphan(self.orphans.charge(uid)) };
+                    // Counted first: the device may hand it back at any
+                    // moment, and then releases the counts.
+                    let slot = self.orphans.charge(uid);
+                    q.orphans.fetch_add(1, Ordering::Relaxed);
+                    let orphaned = req.orphan(slot);
+                    if !orphaned {
+                        // Handed back meanwhile: not an orphan.
+                        self.orphans.release(slot);
+                        q.orphans.fetch_sub(1, Ordering::Relaxed);
+                    }
                     if orphaned
                         && deadline.marks_unresponsive()
                         && e.to_errno() == etimedout().to_errno()
@@ -483,12 +451,10 @@ impl NnDevice {
             }
         }
         let mut state = self.config.lock();
-        if state.vdev.is_null() {
+        let Some(vdev) = state.vdev else {
             return Err(ENODEV);
-        }
-        if recheck
-            && !self.unresponsive()
-            && cread(state.vdev, cfg::GENERATION) != state.cfg.generation
+        };
+        if recheck && !self.unresponsive() && vdev.cread32(cfg::GENERATION) != state.cfg.generation
         {
             self.config_stale.store(true, Ordering::Relaxed);
         }
@@ -527,82 +493,35 @@ impl NnDevice {
             if left == 0 {
                 return Err(etimedout());
             }
-            let rcu = RcuReadLock::new();
-            let state = q.vq.lock();
-            if state.vq.is_null() {
+            let rcu = ReadGuard::new();
+            let mut state = q.vq.lock();
+            let Some(vq) = state.as_mut() else {
                 return Err(self.stopped_error());
-            }
-            // SAFETY: The queue is live while the lock is held and its
-            // pointer is not null.
-            let ring = unsafe { bindings::virtqueue_get_vring_size(state.vq) } as usize;
-            if req.descriptors() > ring {
-                // Built for a larger ring: no chain this long may be added,
-                // with or without indirect descriptors.
-                return Err(E2BIG);
-            }
-            let mut sgs = req.scatterlists();
-            let token = Request::into_token(req.clone());
-            // SAFETY: The queue is live while the lock is held and its
-            // pointer is not null; `sgs` holds the readable then the
-            // writable scatterlist of `req`, initialised, ended, of at most
-            // `ring` entries together, pointing into buffers that live at
-            // least as long as the token added below; interrupts are
-            // disabled, so the allocation (of an indirect table) must be
-            // atomic.
-            let ret = unsafe {
-                bindings::virtqueue_add_sgs(
-                    state.vq,
-                    sgs.as_mut_ptr(),
-                    1,
-                    1,
-                    token,
-                    bindings::GFP_ATOMIC,
-                )
             };
-            if ret == 0 {
-                let vq = state.vq;
-                // SAFETY: The queue outlives the requests on it (`teardown`
-                // fails those left before the device is freed).
-                unsafe { req.set_queue_orphans(&q.orphans) };
-                // SAFETY: As above.
-                let notify = unsafe { bindings::virtqueue_kick_prepare(vq) };
-                q.submitted.fetch_add(1, Ordering::Relaxed);
-                drop(state);
-                if notify {
-                    // SAFETY: `vq` was live under the lock, and `teardown`
-                    // deletes it only after an RCU grace period that follows
-                    // its clearing of `state.vq`, so it is still live inside
-                    // this read-side section (`rcu`, not dropped yet).
-                    unsafe { bindings::virtqueue_notify(vq) };
+            let err = match vq.add(req.clone()) {
+                Ok(()) => {
+                    let notify = vq.kick_prepare(&rcu);
+                    q.submitted.fetch_add(1, Ordering::Relaxed);
+                    drop(state);
+                    if let Some(n) = notify {
+                        n.notify();
+                    }
+                    return Ok(());
                 }
-                drop(rcu);
-                return Ok(());
-            }
-            // SAFETY: The token was not added, so its reference is still ours.
-            unsafe { Request::drop_token(token) };
-            if ret != ENOSPC.to_errno() {
-                return Err(Error::from_errno(ret));
+                Err((e, _)) => e,
+            };
+            if err != ENOSPC {
+                return Err(err);
             }
             // Read under the lock: any buffer handed back after this point
             // changes it.
-            let seen = q.space_seq.load(Ordering::Acquire);
+            let seen = q.space.seq();
             drop(state);
             drop(rcu);
-            // SAFETY: `vq_space` was initialised in `new`; `space_seq` is a
-            // live `u32`; `left` is positive.
-            let ret = unsafe {
-                glue::virtio_nn_wait_seq_killable(
-                    q.vq_space.get(),
-                    q.space_seq.as_ptr(),
-                    seen,
-                    left,
-                )
-            };
-            if ret < 0 {
-                return Err(EINTR);
-            }
-            if ret == 0 {
-                return Err(etimedout());
+            match q.space.wait_killable(seen, left) {
+                Wait::Done => {}
+                Wait::TimedOut => return Err(etimedout()),
+                Wait::Killed => return Err(EINTR),
             }
         }
     }
@@ -689,32 +608,21 @@ impl NnDevice {
     }
 
     /// Completes every request the device has handed back on request queue
-    /// `vq`. Runs in interrupt context.
-    fn vq_done(&self, vq: *mut bindings::virtqueue) {
-        // SAFETY: `vq` is a live queue of this device.
-        let qi = unsafe { (*vq).index } as usize;
-        let Some(q) = self.queues.get(qi) else {
+    /// `index`. Runs in interrupt context.
+    pub(crate) fn vq_done(&self, index: usize) {
+        let Some(q) = self.queues.get(index) else {
             return;
         };
         let mut any = false;
         {
-            let state = q.vq.lock();
-            if state.vq.is_null() {
-                // Being removed or frozen: `stop_queues` completes
-                // everything left.
+            let mut state = q.vq.lock();
+            // No queue: being removed or frozen; `stop_queues` completes
+            // everything left.
+            let Some(vq) = state.as_mut() else {
                 return;
-            }
-            loop {
-                let mut len: u32 = 0;
-                // SAFETY: `vq` is live (callbacks stop before it is
-                // deleted) and the lock serialises it.
-                let token = unsafe { bindings::virtqueue_get_buf(vq, &mut len) };
-                if token.is_null() {
-                    break;
-                }
-                // SAFETY: Every token on the queue comes from `into_token`,
-                // and the device handed this one back.
-                unsafe { Request::complete_token(token, len, 0) };
+            };
+            while let Some((req, len)) = vq.get_buf() {
+                q.complete(&self.orphans, &req, len, 0);
                 any = true;
             }
         }
@@ -723,19 +631,28 @@ impl NnDevice {
         }
     }
 
+    /// The event queue's callback (interrupt context): marks the config
+    /// stale when an event announced a change.
+    pub(crate) fn event_done(&self) {
+        if self.events.done() {
+            self.config_stale.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The config-change callback (may run in interrupt context): marks
+    /// the cached config stale; the next prediction reads it again.
+    pub(crate) fn config_changed(&self) {
+        self.config_stale.store(true, Ordering::Relaxed);
+    }
+
     /// Stops the device and fails every request still on its queues with
-    /// `ENODEV`.
-    ///
-    /// # Safety
-    ///
-    /// `vdev` must be the device this was probed with, and still bound.
-    unsafe fn teardown(&self, vdev: *mut bindings::virtio_device) {
+    /// `ENODEV`. `vdev` is the device this was probed with, still bound.
+    fn teardown(&self, vdev: VirtioDevice) {
         self.gone.store(true, Ordering::Release);
-        self.config.lock().vdev = ptr::null_mut();
+        self.config.lock().vdev = None;
         // Callers waiting for a frozen device to come back see it gone.
         self.pm.wake();
-        // SAFETY: Guaranteed by the caller.
-        let failed = unsafe { self.stop_queues(vdev, ENODEV) };
+        let failed = self.stop_queues(vdev, ENODEV);
         if failed > 0 {
             pr_info!(
                 "virtio{}: failed {} requests in flight\n",
@@ -750,59 +667,55 @@ impl NnDevice {
     /// still on a request queue is completed with `error`, the event
     /// buffers are freed and the virtqueues deleted. Returns how many
     /// requests it completed. The caller marks the device gone or frozen
-    /// first, so that submitters tell why the queues are null.
-    ///
-    /// # Safety
-    ///
-    /// `vdev` must be the device this was probed with, still bound; process
-    /// context.
-    unsafe fn stop_queues(&self, vdev: *mut bindings::virtio_device, error: Error) -> u32 {
-        for q in self.queues.iter() {
-            q.vq.lock().vq = ptr::null_mut();
+    /// first, so that submitters tell why the queues are missing. `vdev` is
+    /// the device this was probed with, still bound; process context.
+    fn stop_queues(&self, vdev: VirtioDevice, error: Error) -> u32 {
+        let mut vqs: [Option<Virtqueue<Request>>; MAX_REQ_QUEUES] = core::array::from_fn(|_| None);
+        for (q, slot) in self.queues.iter().zip(vqs.iter_mut()) {
+            *slot = q.vq.lock().take();
             // Submitters waiting for room see the queue gone.
             q.notify_space();
         }
-        // Submitters notify the device after the queue lock, inside an RCU
-        // read-side section: wait for them before the queues go.
-        // SAFETY: No preconditions; may sleep (process context: remove,
-        // freeze or a failed probe).
-        unsafe { bindings::synchronize_rcu() };
         let event_vq = self.events.stop();
-        // SAFETY: `vdev` is valid (caller). After the reset the device uses
-        // no buffer and no callback runs any more.
-        unsafe { bindings::virtio_reset_device(vdev) };
+        let any_vq = vqs.iter().any(Option::is_some) || event_vq.is_some();
+        let reset = vdev.reset();
         let mut failed = 0u32;
-        let mut any_vq = !event_vq.is_null();
-        for q in self.queues.iter() {
-            let vq = q.raw.swap(ptr::null_mut(), Ordering::Relaxed);
-            if vq.is_null() {
+        for (q, vq) in self.queues.iter().zip(vqs.iter_mut()) {
+            let Some(vq) = vq else {
                 continue;
-            }
-            any_vq = true;
-            let _guard = q.vq.lock();
-            loop {
-                // SAFETY: The queue still exists and the device is reset.
-                let token = unsafe { bindings::virtqueue_detach_unused_buf(vq) };
-                if token.is_null() {
-                    break;
-                }
-                // SAFETY: The token comes from `into_token` and the device
-                // no longer uses it.
-                unsafe { Request::complete_token(token, 0, error.to_errno()) };
+            };
+            while let Some(req) = vq.detach_unused(&reset) {
+                q.complete(&self.orphans, &req, 0, error.to_errno());
                 failed += 1;
             }
         }
-        if !event_vq.is_null() {
-            // SAFETY: From `stop`; the queue exists and the device is reset.
-            unsafe { self.events.drain(event_vq) };
+        if let Some(mut event_vq) = event_vq {
+            EventQueue::drain(&mut event_vq, &reset);
         }
         // The queues are gone already if a restore could not set them up
         // again.
         if any_vq {
-            // SAFETY: `vdev` is valid and reset; its queues are unused.
-            unsafe { glue::virtio_nn_del_vqs(vdev) };
+            vdev.del_vqs(reset);
         }
         failed
+    }
+
+    /// Starts using the queues `vqs` (request queues in order) and
+    /// `event_vq`: makes the device ready, then lets submitters use them.
+    fn start_queues(
+        &self,
+        vdev: VirtioDevice,
+        vqs: KVec<Virtqueue<Request>>,
+        event_vq: Option<Virtqueue<crate::events::EventBuf>>,
+    ) {
+        vdev.ready();
+        // Submitters may notify the device from here on: after DRIVER_OK.
+        for (q, vq) in self.queues.iter().zip(vqs) {
+            *q.vq.lock() = Some(vq);
+        }
+        if let Some(event_vq) = event_vq {
+            self.events.start(event_vq);
+        }
     }
 }
 
@@ -817,19 +730,12 @@ fn status_to_error(status: u32) -> Error {
     }
 }
 
-/// Reads one config-space field (one round trip to the host).
-fn cread(vdev: *mut bindings::virtio_device, offset: usize) -> u32 {
-    // SAFETY: The callers pass a live device; offsets are within the config
-    // space.
-    unsafe { glue::virtio_nn_cread32(vdev, offset as u32) }
-}
-
-/// Reads the config space field by field, consistently (generation retry
-/// loop), and validates it.
-fn read_config(vdev: *mut bindings::virtio_device, index: u32) -> Result<DeviceConfig> {
+fn read_config(vdev: VirtioDevice) -> Result<DeviceConfig> {
+    let index = vdev.index();
+    let cread = |offset| vdev.cread32(offset);
     let mut c = DeviceConfig {
-        magic: cread(vdev, cfg::MAGIC),
-        version: cread(vdev, cfg::VERSION),
+        magic: cread(cfg::MAGIC),
+        version: cread(cfg::VERSION),
         ..Default::default()
     };
     if c.magic != protocol::CONFIG_MAGIC || c.version != protocol::PROTOCOL_VERSION {
@@ -843,18 +749,18 @@ fn read_config(vdev: *mut bindings::virtio_device, index: u32) -> Result<DeviceC
         return Err(ENODEV);
     }
     for _ in 0..CONFIG_READ_RETRIES {
-        c.generation = cread(vdev, cfg::GENERATION);
-        c.status = cread(vdev, cfg::STATUS);
-        c.num_layers = cread(vdev, cfg::NUM_LAYERS);
-        c.max_batch = cread(vdev, cfg::MAX_BATCH);
-        c.num_req_queues = cread(vdev, cfg::NUM_REQ_QUEUES);
+        c.generation = cread(cfg::GENERATION);
+        c.status = cread(cfg::STATUS);
+        c.num_layers = cread(cfg::NUM_LAYERS);
+        c.max_batch = cread(cfg::MAX_BATCH);
+        c.num_req_queues = cread(cfg::NUM_REQ_QUEUES);
         c.dims = Default::default();
         if (1..=protocol::MAX_LAYERS as u32).contains(&c.num_layers) {
             for i in 0..=c.num_layers as usize {
-                c.dims[i] = cread(vdev, cfg::DIMS + 4 * i);
+                c.dims[i] = cread(cfg::DIMS + 4 * i);
             }
         }
-        if cread(vdev, cfg::GENERATION) != c.generation {
+        if cread(cfg::GENERATION) != c.generation {
             continue;
         }
         if let Err(e) = c.validate() {
@@ -865,22 +771,4 @@ fn read_config(vdev: *mut bindings::virtio_device, index: u32) -> Result<DeviceC
     }
     err_ratelimited!("virtio{}: config space keeps changing\n", index);
     Err(EAGAIN)
-}
-
-/// An RCU read-side critical section, ended on drop.
-struct RcuReadLock;
-
-impl RcuReadLock {
-    fn new() -> Self {
-        // SAFETY: No preconditions; ended in `drop`.
-        unsafe { glue::virtio_nn_rcu_read_lock() };
-        Self
-    }
-}
-
-impl Drop for RcuReadLock {
-    fn drop(&mut self) {
-        // SAFETY: Begun in `new`.
-        unsafe { glue::virtio_nn_rcu_read_unlock() };
-    }
 }

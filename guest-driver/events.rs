@@ -12,34 +12,54 @@
 //! The queue is optional: devices without it work as before (the driver then
 //! notices a model change from the answers).
 
+use crate::bind::dma::DeviceBufs;
+use crate::bind::rcu::ReadGuard;
+use crate::bind::virtio::{DeviceReset, HasBufs, Virtqueue};
 use crate::irq_lock::{new_irq_spinlock, IrqSpinLock};
 use crate::protocol::{self, Event};
-use core::ffi::c_void;
-use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
-use kernel::bindings;
+use kernel::alloc::flags::GFP_ATOMIC;
 use kernel::prelude::*;
+use kernel::sync::Arc;
 
 /// Buffers the driver keeps on the event queue.
 const EVENT_BUFFERS: usize = 4;
 
-/// One event buffer; its address is the queue token.
-type EventBuf = [u8; Event::SIZE];
-
-/// State protected by [`EventQueue::state`].
-struct EventState {
-    /// The event queue; null if the device has none or is being removed.
-    vq: *mut bindings::virtqueue,
+/// One event buffer: [`Event::SIZE`] device-writable bytes.
+pub(crate) struct EventBuf {
+    bufs: DeviceBufs,
 }
 
-// SAFETY: The queue pointer is only used with the lock held, from any thread.
-unsafe impl Send for EventState {}
+impl HasBufs for EventBuf {
+    fn bufs(&self) -> &DeviceBufs {
+        &self.bufs
+    }
+}
+
+impl EventBuf {
+    /// A new buffer for `vq` (allocated atomically: under the queue lock).
+    fn new(vq: &Virtqueue<EventBuf>) -> Result<Arc<Self>> {
+        let bufs = DeviceBufs::new(0, Event::SIZE, &vq.limits(), GFP_ATOMIC)?;
+        Ok(Arc::new(Self { bufs }, GFP_ATOMIC)?)
+    }
+
+    /// The event the device wrote, if it wrote a whole one.
+    fn event(&self, len: u32) -> Option<Event> {
+        if (len as usize) < Event::SIZE {
+            return None;
+        }
+        let mut bytes = [0u8; Event::SIZE];
+        self.bufs.read_writable(0, &mut bytes).ok()?;
+        Some(Event::from_bytes(&bytes))
+    }
+}
 
 /// The event queue of a device.
 #[pin_data]
 pub(crate) struct EventQueue {
+    /// The queue; `None` if the device has none or is being removed.
     #[pin]
-    state: IrqSpinLock<EventState>,
+    state: IrqSpinLock<Option<Virtqueue<EventBuf>>>,
     /// Whether the queue is in use (between `start` and `stop`).
     present: AtomicBool,
 }
@@ -48,98 +68,73 @@ impl EventQueue {
     /// An event queue not set up (yet).
     pub(crate) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
-            state <- new_irq_spinlock!(EventState { vq: ptr::null_mut() }, "virtio_nn_events"),
+            state <- new_irq_spinlock!(None, "virtio_nn_events"),
             present: AtomicBool::new(false),
         })
     }
 
     /// Starts using `vq`: gives the device [`EVENT_BUFFERS`] buffers. Call
-    /// after the device is ready.
-    ///
-    /// The notification (a VM exit) is prepared under the queue lock and
-    /// sent after it is released, with interrupts enabled.
-    ///
-    /// # Safety
-    ///
-    /// `vq` must be the device's live event queue, used by nothing else,
-    /// and stay live until this returns.
-    pub(crate) unsafe fn start(&self, vq: *mut bindings::virtqueue) {
+    /// after the device is ready. The notification (a VM exit) is prepared
+    /// under the lock and sent after it.
+    pub(crate) fn start(&self, vq: Virtqueue<EventBuf>) {
+        let rcu = ReadGuard::new();
         let notify = {
             let mut state = self.state.lock();
-            state.vq = vq;
+            let vq = state.insert(vq);
             self.present.store(true, Ordering::Release);
             let mut added = 0;
             for _ in 0..EVENT_BUFFERS {
-                let Ok(buf) = KBox::new([0u8; Event::SIZE], GFP_ATOMIC) else {
+                let Ok(buf) = EventBuf::new(vq) else {
                     break;
                 };
-                // SAFETY: `vq` is live and locked; the buffer is ours.
-                if unsafe { add_buf(vq, KBox::into_raw(buf)) }.is_ok() {
+                if vq.add(buf).is_ok() {
                     added += 1;
                 }
             }
-            // SAFETY: `vq` is live and locked.
-            added > 0 && unsafe { bindings::virtqueue_kick_prepare(vq) }
+            if added > 0 {
+                vq.kick_prepare(&rcu)
+            } else {
+                None
+            }
         };
-        if notify {
-            // SAFETY: `vq` stays live until this returns (caller).
-            unsafe { bindings::virtqueue_notify(vq) };
+        if let Some(n) = notify {
+            n.notify();
         }
     }
 
-    /// Handles the buffers the device filled (interrupt context, the
-    /// callback of `vq`): returns true if one announced a config change.
-    ///
-    /// The notification that gives the buffers back is prepared under the
-    /// queue lock and sent after it is released.
-    pub(crate) fn done(&self, vq: *mut bindings::virtqueue) -> bool {
-        let (changed, notify) = self.refill(vq);
-        if notify {
-            // SAFETY: This runs in `vq`'s callback, and the queue is deleted
-            // only after the device reset, which waits for running
-            // callbacks (`NnDevice::teardown`): `vq` is live.
-            unsafe { bindings::virtqueue_notify(vq) };
+    /// Handles the buffers the device filled (interrupt context): gives
+    /// them back to the device and returns true if one announced a config
+    /// change.
+    pub(crate) fn done(&self) -> bool {
+        let rcu = ReadGuard::new();
+        let (changed, notify) = {
+            let mut state = self.state.lock();
+            let Some(vq) = state.as_mut() else {
+                return false;
+            };
+            let mut changed = false;
+            let mut readded = false;
+            while let Some((buf, len)) = vq.get_buf() {
+                if buf
+                    .event(len)
+                    .is_some_and(|e| e.kind == protocol::EVENT_CONFIG_CHANGED)
+                {
+                    changed = true;
+                }
+                readded |= vq.add(buf).is_ok();
+            }
+            (changed, if readded { vq.kick_prepare(&rcu) } else { None })
+        };
+        if let Some(n) = notify {
+            n.notify();
         }
         changed
     }
 
-    /// [`Self::done`] under the queue lock: returns whether an event
-    /// announced a config change and whether the device must be notified.
-    fn refill(&self, vq: *mut bindings::virtqueue) -> (bool, bool) {
-        let state = self.state.lock();
-        if state.vq.is_null() {
-            return (false, false);
-        }
-        let mut changed = false;
-        let mut readded = false;
-        loop {
-            let mut len: u32 = 0;
-            // SAFETY: `vq` is live (callbacks stop before it is deleted) and
-            // the lock serialises it.
-            let token = unsafe { bindings::virtqueue_get_buf(vq, &mut len) };
-            if token.is_null() {
-                break;
-            }
-            let buf = token.cast::<EventBuf>();
-            if len as usize >= Event::SIZE {
-                // SAFETY: The device handed the buffer back; it is ours.
-                let event = Event::from_bytes(unsafe { &*buf });
-                if event.kind == protocol::EVENT_CONFIG_CHANGED {
-                    changed = true;
-                }
-            }
-            // SAFETY: `vq` is live and locked; the buffer is ours again.
-            readded |= unsafe { add_buf(vq, buf) }.is_ok();
-        }
-        // SAFETY: `vq` is live and locked.
-        let notify = readded && unsafe { bindings::virtqueue_kick_prepare(vq) };
-        (changed, notify)
-    }
-
-    /// Stops using the queue; returns it (or null) for [`Self::drain`].
-    pub(crate) fn stop(&self) -> *mut bindings::virtqueue {
+    /// Stops using the queue; returns it (if any) for [`Self::drain`].
+    pub(crate) fn stop(&self) -> Option<Virtqueue<EventBuf>> {
         self.present.store(false, Ordering::Release);
-        core::mem::replace(&mut self.state.lock().vq, ptr::null_mut())
+        self.state.lock().take()
     }
 
     /// Whether the device announces config changes on this queue (so the
@@ -148,52 +143,11 @@ impl EventQueue {
         self.present.load(Ordering::Acquire)
     }
 
-    /// Frees the buffers still on `vq`.
-    ///
-    /// # Safety
-    ///
-    /// `vq` must come from [`Self::stop`], be live, and the device must be
-    /// reset.
-    pub(crate) unsafe fn drain(&self, vq: *mut bindings::virtqueue) {
-        let _guard = self.state.lock();
-        loop {
-            // SAFETY: Guaranteed by the caller.
-            let token = unsafe { bindings::virtqueue_detach_unused_buf(vq) };
-            if token.is_null() {
-                break;
-            }
-            // SAFETY: Every token on the queue comes from `KBox::into_raw`.
-            drop(unsafe { KBox::from_raw(token.cast::<EventBuf>()) });
+    /// Frees the buffers still on `vq` (from [`Self::stop`]) once the
+    /// device is reset.
+    pub(crate) fn drain(vq: &mut Virtqueue<EventBuf>, reset: &DeviceReset) {
+        while let Some(buf) = vq.detach_unused(reset) {
+            drop(buf);
         }
     }
-}
-
-/// Gives `buf` to the device on `vq`; frees it if that fails.
-///
-/// # Safety
-///
-/// `vq` must be live and locked; `buf` must come from `KBox::into_raw` and
-/// be owned by the caller.
-unsafe fn add_buf(vq: *mut bindings::virtqueue, buf: *mut EventBuf) -> Result {
-    let mut sg = core::mem::MaybeUninit::<bindings::scatterlist>::zeroed();
-    // SAFETY: `sg` is writable; `buf` is kmalloc'd and stays allocated while
-    // it is on the queue.
-    unsafe { bindings::sg_init_one(sg.as_mut_ptr(), buf.cast(), Event::SIZE as u32) };
-    // SAFETY: `vq` is live and locked; `sg` is initialised; interrupts may be
-    // disabled, so the allocation is atomic.
-    let ret = unsafe {
-        bindings::virtqueue_add_inbuf(
-            vq,
-            sg.as_mut_ptr(),
-            1,
-            buf.cast::<c_void>(),
-            bindings::GFP_ATOMIC,
-        )
-    };
-    if ret != 0 {
-        // SAFETY: The buffer did not reach the queue: it is still ours.
-        drop(unsafe { KBox::from_raw(buf) });
-        return Err(Error::from_errno(ret));
-    }
-    Ok(())
 }

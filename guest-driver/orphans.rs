@@ -45,6 +45,9 @@ pub(crate) struct Orphans {
     claim: Mutex<()>,
 }
 
+/// The slot index of [`Orphans::overflow`].
+const OVERFLOW: usize = usize::MAX;
+
 /// The quota per uid (module parameter `max_orphans`), 0 for no limit.
 fn quota() -> u32 {
     crate::bind::sys::max_orphans()
@@ -95,22 +98,38 @@ impl Orphans {
     }
 
     /// Charges one orphan to `uid` (its slot, claimed if needed, or the
-    /// overflow slot) and returns the counter, which the request decrements
-    /// when the device hands it back.
-    pub(crate) fn charge(&self, uid: u32) -> &AtomicU32 {
+    /// overflow slot) and returns the slot, which [`Self::release`] takes
+    /// when the device hands the request back.
+    pub(crate) fn charge(&self, uid: u32) -> usize {
         let _guard = self.claim.lock();
-        let counter = self.find(uid).unwrap_or_else(|| {
-            // A slot without orphans: its count cannot go up meanwhile (only
-            // charges, under this lock, do), so it can change owner.
-            self.slots
-                .iter()
-                .find(|s| s.count.load(Ordering::Acquire) == 0)
-                .map_or(&self.overflow, |s| {
-                    s.uid.store(uid, Ordering::Release);
-                    &s.count
-                })
-        });
-        counter.fetch_add(1, Ordering::Relaxed);
-        counter
+        let slot = self
+            .slots
+            .iter()
+            .position(|s| s.uid.load(Ordering::Acquire) == uid && uid != NO_UID)
+            .or_else(|| {
+                // A slot without orphans: its count cannot go up meanwhile
+                // (only charges, under this lock, do), so it can change
+                // owner.
+                let i = self
+                    .slots
+                    .iter()
+                    .position(|s| s.count.load(Ordering::Acquire) == 0)?;
+                self.slots[i].uid.store(uid, Ordering::Release);
+                Some(i)
+            })
+            .unwrap_or(OVERFLOW);
+        self.counter(slot).fetch_add(1, Ordering::Relaxed);
+        slot
+    }
+
+    /// Takes back one orphan of `slot` (from [`Self::charge`]).
+    pub(crate) fn release(&self, slot: usize) {
+        self.counter(slot).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The counter of `slot` (the overflow counter for [`OVERFLOW`] or any
+    /// other index past the slots).
+    fn counter(&self, slot: usize) -> &AtomicU32 {
+        self.slots.get(slot).map_or(&self.overflow, |s| &s.count)
     }
 }

@@ -31,6 +31,12 @@ pub(crate) fn max_orphans() -> u32 {
     unsafe { glue::virtio_nn_max_orphans() }
 }
 
+/// The module parameter `max_request_kib` (0: the protocol's largest).
+pub(crate) fn max_request_kib() -> u32 {
+    // SAFETY: Reads a module parameter; no preconditions.
+    unsafe { glue::virtio_nn_max_request_kib() }
+}
+
 /// `jiffies + msecs_to_jiffies(ms)`.
 pub(crate) fn jiffies_after_ms(ms: u32) -> c_ulong {
     // SAFETY: Reads `jiffies` and converts `ms`; no preconditions.

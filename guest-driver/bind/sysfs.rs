@@ -5,7 +5,7 @@
 //! glue); the text comes from [`crate::sysfs`].
 
 use super::glue;
-use crate::device::NnDevice;
+use super::virtio::VirtioDevice;
 use crate::sysfs;
 use kernel::bindings;
 use kernel::c_str;
@@ -13,7 +13,6 @@ use kernel::error::from_result;
 use kernel::ffi::{c_char, c_int};
 use kernel::page::PAGE_SIZE;
 use kernel::prelude::*;
-use kernel::sync::ArcBorrow;
 
 /// `/sys/kernel/neural_network`; removed on drop.
 pub(crate) struct SysfsDir {
@@ -107,10 +106,15 @@ pub(crate) extern "C" fn virtio_nn_dev_attr_show(
 ) -> isize {
     // SAFETY: Called by sysfs with its page.
     let out = unsafe { page(buf) };
+    // SAFETY: sysfs calls `show` for a bound device.
+    let Some(vdev) = (unsafe { VirtioDevice::from_raw(vdev) }) else {
+        return EINVAL.to_errno() as isize;
+    };
     // SAFETY: The driver core adds these files only after a successful probe
-    // and removes them (waiting for running `show` calls) before `remove`, so
-    // `vdev` is bound and its `priv` holds the reference that probe took with
-    // `Arc::into_raw`.
-    let dev = unsafe { ArcBorrow::<NnDevice>::from_raw((*vdev).priv_.cast()) };
+    // and removes them (waiting for running `show` calls) before `remove`
+    // takes the driver data.
+    let Some(dev) = (unsafe { vdev.drvdata() }) else {
+        return ENODEV.to_errno() as isize;
+    };
     from_result(|| sysfs::dev_attr(&dev, attr, out))
 }

@@ -25,16 +25,13 @@
 //!   cannot set up the queues, the device counts as gone: waiters get
 //!   `ENODEV`, as after `remove`.
 
-use super::probe::find_vqs;
-use super::NnDevice;
-use crate::glue;
+use super::{NnDevice, MAX_FIND_QUEUES};
+use crate::bind::sync::{SeqWait, Wait};
+use crate::bind::virtio::VirtioDevice;
 use crate::request::{etimedout, Deadline};
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 use kernel::bindings;
-use kernel::error::from_result;
-use kernel::ffi::c_int;
 use kernel::prelude::*;
-use kernel::types::Opaque;
 
 /// The error with which `freeze` completes the requests on the queues,
 /// and a submitter finds the queues of a frozen device: internal, never
@@ -54,38 +51,25 @@ pub(super) fn is_suspended(e: &Error) -> bool {
 pub(super) struct PmState {
     /// Set from `freeze` until `restore` has set the queues up again.
     frozen: AtomicBool,
-    /// Changed after `frozen` is cleared and after the device is marked
-    /// gone, before each wake-up of `thawed`.
-    seq: AtomicU32,
-    /// Where callers wait for a frozen device to come back.
+    /// Notified after `frozen` is cleared and after the device is marked
+    /// gone: where callers wait for a frozen device to come back.
     #[pin]
-    thawed: Opaque<bindings::wait_queue_head>,
+    thawed: SeqWait,
 }
-
-// SAFETY: `thawed` is a kernel wait queue, which its own spinlock makes safe
-// to use from any thread; the other fields are atomics.
-unsafe impl Send for PmState {}
-// SAFETY: See `Send`.
-unsafe impl Sync for PmState {}
 
 impl PmState {
     /// A device that is not frozen.
     pub(super) fn new() -> impl PinInit<Self> {
         pin_init!(Self {
             frozen: AtomicBool::new(false),
-            seq: AtomicU32::new(0),
-            // SAFETY: `slot` is valid for writes and pinned: the wait queue
-            // stays where it is initialised.
-            thawed <- Opaque::ffi_init(|slot| unsafe { glue::virtio_nn_init_waitqueue_head(slot) }),
+            thawed <- SeqWait::new(),
         })
     }
 
     /// Wakes the callers waiting in [`NnDevice::wait_thawed`]; call after
     /// clearing `frozen` or marking the device gone.
     pub(super) fn wake(&self) {
-        self.seq.fetch_add(1, Ordering::Release);
-        // SAFETY: `thawed` was initialised in `new`.
-        unsafe { glue::virtio_nn_wake_up_all(self.thawed.get()) };
+        self.thawed.notify();
     }
 }
 
@@ -109,7 +93,7 @@ impl NnDevice {
             // Read first: `restore` and `teardown` change it after clearing
             // `frozen` or setting `gone`, so a value seen here that changes
             // later is a wake-up this wait cannot miss.
-            let seen = self.pm.seq.load(Ordering::Acquire);
+            let seen = self.pm.thawed.seq();
             if self.gone.load(Ordering::Acquire) {
                 return Err(ENODEV);
             }
@@ -120,32 +104,17 @@ impl NnDevice {
             if left == 0 {
                 return Err(etimedout());
             }
-            // SAFETY: `thawed` was initialised in `PmState::new`; `seq` is a
-            // live `u32`; `left` is positive.
-            let ret = unsafe {
-                glue::virtio_nn_wait_seq_killable(
-                    self.pm.thawed.get(),
-                    self.pm.seq.as_ptr(),
-                    seen,
-                    left,
-                )
-            };
-            if ret < 0 {
+            if self.pm.thawed.wait_killable(seen, left) == Wait::Killed {
                 return Err(EINTR);
             }
         }
     }
 
     /// `freeze`: stops using the queues (see the module documentation).
-    ///
-    /// # Safety
-    ///
-    /// `vdev` must be the device this was probed with, bound and not frozen.
-    unsafe fn freeze(&self, vdev: *mut bindings::virtio_device) {
+    /// `vdev` is the device this was probed with, bound and not frozen.
+    pub(crate) fn freeze(&self, vdev: VirtioDevice) {
         self.pm.frozen.store(true, Ordering::Release);
-        // SAFETY: Guaranteed by the caller; `freeze` runs in process
-        // context.
-        let resent = unsafe { self.stop_queues(vdev, suspended()) };
+        let resent = self.stop_queues(vdev, suspended());
         pr_info!(
             "virtio{}: frozen ({} requests in flight to be sent again)\n",
             self.index,
@@ -154,18 +123,15 @@ impl NnDevice {
     }
 
     /// `restore`: sets the queues up again (see the module documentation).
-    ///
-    /// # Safety
-    ///
-    /// `vdev` must be the device this was probed with, bound and frozen; its
+    /// `vdev` is the device this was probed with, bound and frozen, its
     /// features negotiated again.
-    unsafe fn restore(&self, vdev: *mut bindings::virtio_device) -> Result {
+    pub(crate) fn restore(&self, vdev: VirtioDevice) -> Result {
         if self.gone.load(Ordering::Acquire) {
             // An earlier restore failed: the device stays unusable.
             return Err(ENODEV);
         }
         let dev_queues = self.config.lock().cfg.num_req_queues as usize;
-        let (vqs, event_vq) = match find_vqs(vdev, dev_queues, self.queues.len()) {
+        let (vqs, event_vq) = match vdev.find_vqs(dev_queues, self.queues.len(), MAX_FIND_QUEUES) {
             Ok(vqs) => vqs,
             Err(e) => {
                 pr_err!(
@@ -175,24 +141,12 @@ impl NnDevice {
                 );
                 // As after `remove`: nothing is submitted any more.
                 self.gone.store(true, Ordering::Release);
-                self.config.lock().vdev = core::ptr::null_mut();
+                self.config.lock().vdev = None;
                 self.pm.wake();
                 return Err(e);
             }
         };
-        for (q, &vq) in self.queues.iter().zip(vqs.iter()) {
-            q.raw.store(vq, Ordering::Relaxed);
-        }
-        // SAFETY: `vdev` is valid and its queues are set up.
-        unsafe { glue::virtio_nn_device_ready(vdev) };
-        // Submitters may notify the device from here on: after DRIVER_OK.
-        for (q, &vq) in self.queues.iter().zip(vqs.iter()) {
-            q.vq.lock().vq = vq;
-        }
-        if let Some(event_vq) = event_vq {
-            // SAFETY: The event queue was just set up and the device is ready.
-            unsafe { self.events.start(event_vq) };
-        }
+        self.start_queues(vdev, vqs, event_vq);
         // No event reached the driver while the device was frozen: read the
         // config again (unless the device is unresponsive: see `refresh`).
         self.config_stale.store(true, Ordering::Relaxed);
@@ -215,35 +169,4 @@ impl NnDevice {
         pr_info!("virtio{}: restored\n", self.index);
         Ok(())
     }
-}
-
-/// The device of a bound `vdev`, borrowed from `vdev->priv`.
-///
-/// # Safety
-///
-/// `vdev` must be bound to this driver (its `priv` holds the reference taken
-/// in `probe`) for the returned lifetime.
-unsafe fn bound_device<'a>(vdev: *mut bindings::virtio_device) -> &'a NnDevice {
-    // SAFETY: Guaranteed by the caller.
-    unsafe { &*(*vdev).priv_.cast::<NnDevice>() }
-}
-
-/// `virtio_driver.freeze`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_freeze(vdev: *mut bindings::virtio_device) -> c_int {
-    // SAFETY: The PM core calls `freeze` for a bound device, in process
-    // context, not concurrently with `remove`, and not twice without a
-    // `restore` in between.
-    unsafe { bound_device(vdev).freeze(vdev) };
-    0
-}
-
-/// `virtio_driver.restore`.
-#[no_mangle]
-pub(crate) extern "C" fn virtio_nn_restore(vdev: *mut bindings::virtio_device) -> c_int {
-    // SAFETY: The PM core calls `restore` for a bound device after its
-    // `freeze`, in process context, not concurrently with `remove`, once
-    // the features are negotiated again.
-    let result = unsafe { bound_device(vdev).restore(vdev) };
-    from_result(|| result.map(|()| 0))
 }
