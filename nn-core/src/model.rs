@@ -438,6 +438,13 @@ mod tests {
     }
 
     #[test]
+    fn crc32c_is_the_castagnoli_crc() {
+        // The standard check value (PROTOCOL.md quotes it for drivers).
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(&[]), 0);
+    }
+
+    #[test]
     fn round_trip() {
         let m = sample();
         let back = Model::from_bytes(&m.to_bytes()).unwrap();

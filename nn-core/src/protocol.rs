@@ -81,7 +81,9 @@ pub fn max_batch_for(dims: &[usize]) -> u32 {
 
 /// Size in bytes of the config space: the one definition. QEMU's
 /// `config_size` (scripts/qemu.sh's default, checked against this by
-/// nn-core's tests/interfaces.rs) must be at least this.
+/// nn-core's tests/interfaces.rs) must be this: a smaller one hides the
+/// fields past it from the driver, a larger one makes QEMU's config reads
+/// fail (the device answers no bytes beyond this size).
 ///
 /// Compatibility: fields are only ever appended (a driver reads each field
 /// at its offset in [`cfg`], so a driver that knows fewer fields works with
