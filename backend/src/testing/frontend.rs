@@ -161,6 +161,10 @@ pub struct Response {
     pub request_id: u64,
 }
 
+/// A `GET_MODEL` answer: the response header and, on success, the chunk
+/// header and the chunk's bytes.
+pub type ModelAnswer = (ResponseHeader, Option<(ModelChunk, Vec<u8>)>);
+
 /// Connection options.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -1073,7 +1077,7 @@ impl Frontend {
         generation: u32,
         offset: u32,
         length: u32,
-    ) -> io::Result<(ResponseHeader, Option<(ModelChunk, Vec<u8>)>)> {
+    ) -> io::Result<ModelAnswer> {
         let hdr = RequestHeader {
             opcode: OP_GET_MODEL,
             flags: 0,
