@@ -559,16 +559,17 @@ if [ -e /sys/power/pm_test ] && grep -qw freeze /sys/power/state; then
     expect_eq "sleep: the driver froze with the request in flight and restored" \
         "$(dmesg | grep -c 'frozen (1 requests in flight') $(dmesg | grep -c 'virtio[0-9]*: restored')" "1 1"
     expect_eq "sleep: no orphan left after resume" "$(kv $PERF orphans)" "0"
-    echo "$Q1_IN" >$Q
-    expect_eq "sleep: answers bit-exact after resume" "$(cat $Q)" "$Q1_OUT"
-    echo "$QX_IN" >$Q
-    expect_eq "sleep: answers bit-exact after resume (extremes)" "$(cat $Q)" "$QX_OUT"
+    # write and read on one open file: a failed write shows, no older answer
+    expect_eq "sleep: answers bit-exact after resume" \
+        "$(sh -c "exec 3<>$Q; echo '$Q1_IN' >&3 && cat <&3" 2>&1)" "$Q1_OUT"
+    expect_eq "sleep: answers bit-exact after resume (extremes)" \
+        "$(sh -c "exec 3<>$Q; echo '$QX_IN' >&3 && cat <&3" 2>&1)" "$QX_OUT"
     expect_eq "sleep: /dev after resume" "$(devrun /tmp/req1)" "$RS 1 $out_w $(kv $INFO Generation) $q1out"
     expect_eq "sleep: model_info after resume" "$(head -n 2 $INFO | tr '\n' ' ')" "Model: $MODEL Status: active "
     echo 1 >$HEALTH
     expect_eq "sleep: health check after resume" "$(kv $HEALTH status) $(kv $HEALTH last_result)" "ok 0"
     # Sleep while a process keeps predicting: each answer exact.
-    sh -c "n=0; while [ \$n -lt 40 ]; do echo '$Q1_IN' >$Q && cat $Q; n=\$((n + 1)); done" >/tmp/sleep.out 2>&1 &
+    sh -c "n=0; while [ \$n -lt 40 ]; do sh -c \"exec 3<>$Q; echo '$Q1_IN' >&3 && cat <&3\"; n=\$((n + 1)); done" >/tmp/sleep.out 2>&1 &
     sleep 0.5
     echo freeze >/sys/power/state
     expect_eq "sleep again: echo freeze rc" "$?" "0"
