@@ -8,7 +8,7 @@
 //! | `GET /metrics` | the metrics of [`crate::stats`]: Prometheus text 0.0.4, or OpenMetrics 1.0 when `Accept` names `application/openmetrics-text` |
 //! | `GET /v2/health/live` | 200 while the daemon serves |
 //! | `GET /v2/health/ready` | 200 when [`crate::health`] reports healthy (a model, a frontend, every queue worker answering); else 503 with the failing checks' reasons, one a line |
-//! | `GET /v2/models/NAME` | JSON: `name`, `dims`, `activations`, `checksum`, `generation`, `version` (`null`: no repository version) |
+//! | `GET /v2/models/NAME` (NAME percent-encoded) | JSON: `name`, `dims`, `activations`, `checksum`, `generation`, `version` (`null`: no repository version) |
 //! | `GET /v2/models/NAME/ready` | 200 when NAME is the model served |
 //!
 //! Unknown paths and models are 404, other methods 405 (`Allow: GET,
@@ -291,7 +291,12 @@ pub fn route(state: &State, method: &str, target: &str, accept: &str) -> Respons
     }
 }
 
+/// `/v2/models/NAME[/ready]`; NAME percent-encoded.
 fn model(state: &State, name: &str, ready: bool) -> Response {
+    let Ok(name) = percent_encoding::percent_decode_str(name).decode_utf8() else {
+        return text(400, "the model name is not UTF-8");
+    };
+    let name = name.as_ref();
     let served = state.device.current();
     let Some(m) = served.model.as_ref().filter(|m| m.name == name) else {
         return text(404, format!("no model {name:?} is served"));

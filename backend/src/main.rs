@@ -349,6 +349,8 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
     args.kernel
         .resolve()
         .map_err(|e| format!("--kernel / NN_CORE_KERNEL: {e}"))?;
+    // Before the vhost-user socket appears: a bad --http leaves no socket.
+    let http = http_listener(&args)?;
     let listener = unix_listener(&args)?;
     let admin = match &args.admin_socket {
         Some(path) => Some(
@@ -357,7 +359,6 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
         ),
         None => None,
     };
-    let http = http_listener(&args)?;
     let mut worker_args: Vec<std::ffi::OsString> = vec![
         "--queues".into(),
         args.queues.to_string().into(),
