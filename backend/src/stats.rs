@@ -403,4 +403,47 @@ mod tests {
         assert!(text.contains("virtio_nn_model_generation 2"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let s = Stats::new(1);
+        s.record(0, Some(protocol::STATUS_OK), 3, Duration::from_micros(3));
+        let model = nn_core::Model::new(
+            nn_core::Mlp::new(vec![nn_core::Layer::new(
+                1,
+                1,
+                vec![1],
+                vec![0],
+                nn_core::Activation::Identity,
+            )
+            .unwrap()])
+            .unwrap(),
+            "a \"quoted\", name",
+        );
+        s.set_model(Some(&model), Some(3));
+        let text = s.encode_prometheus();
+        assert!(
+            text.contains("# TYPE virtio_nn_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP virtio_nn_requests_total "), "{text}");
+        assert!(text.contains("# TYPE virtio_nn_request_samples histogram\n"));
+        assert!(text.contains("virtio_nn_request_samples_bucket{le=\"4.0\",queue=\"0\"} 1"));
+        assert!(
+            text.contains("name=\"a \\\"quoted\\\", name\",version=\"3\""),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+        {
+            let _held = s.in_flight(0);
+            assert!(s
+                .encode()
+                .contains("virtio_nn_requests_in_flight{queue=\"0\"} 1"));
+        }
+        assert!(s
+            .encode()
+            .contains("virtio_nn_requests_in_flight{queue=\"0\"} 0"));
+        s.set_model(None, None);
+        assert!(!s.encode().contains("virtio_nn_model_info{"));
+    }
 }
