@@ -26,9 +26,9 @@
 //!   line and headers) is at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`]
 //!   headers (431 otherwise); a request with a body is refused (413).
 //! * The whole head must arrive within [`READ_TIMEOUT`] (408 otherwise,
-//!   however slowly it trickles in), and each write of the answer must
-//!   progress within [`WRITE_TIMEOUT`]: a slow client holds a connection
-//!   slot for at most their sum.
+//!   however slowly it trickles in), and the whole answer be taken within
+//!   [`WRITE_TIMEOUT`]: a slow client holds a connection slot for at most
+//!   their sum.
 //! * The server runs on its own threads and takes no lock the request
 //!   queues take but the ones the admin socket's `status` takes.
 //!
@@ -66,7 +66,9 @@ pub const MAX_HEAD: usize = 8 * 1024;
 pub const MAX_HEADERS: usize = 32;
 /// Time a client has to send its whole request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time each write of an answer may block.
+/// Time a client refused for [`MAX_CONNECTIONS`] has to take its 503.
+const REFUSAL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Time a client has to take a whole answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why `--http` cannot be served.
@@ -426,8 +428,13 @@ fn read_head(s: &mut dyn Stream) -> Result<(String, String, String), HeadError> 
     }
 }
 
-fn write_response(s: &mut dyn Stream, r: &Response, head_only: bool) -> io::Result<()> {
-    s.set_write_timeout(Some(WRITE_TIMEOUT))?;
+/// Writes `r`; the whole answer must be taken `within` this time.
+fn write_response(
+    s: &mut dyn Stream,
+    r: &Response,
+    head_only: bool,
+    within: Duration,
+) -> io::Result<()> {
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
         r.status,
@@ -442,21 +449,35 @@ fn write_response(s: &mut dyn Stream, r: &Response, head_only: bool) -> io::Resu
     if !head_only {
         out.push_str(&r.body);
     }
-    s.write_all(out.as_bytes())?;
-    s.flush()
+    let deadline = Instant::now() + within;
+    let mut rest = out.as_bytes();
+    while !rest.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        s.set_write_timeout(Some(left))?;
+        match s.write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn serve_one(state: &State, s: &mut dyn Stream) {
     let r = match read_head(s) {
         Ok((method, target, accept)) => {
             let r = route(state, &method, &target, &accept);
-            let _ = write_response(s, &r, method == "HEAD");
+            let _ = write_response(s, &r, method == "HEAD", WRITE_TIMEOUT);
             return;
         }
         Err(HeadError::Answer(status, why)) => text(status, why),
         Err(HeadError::Gone) => return,
     };
-    let _ = write_response(s, &r, false);
+    let _ = write_response(s, &r, false, WRITE_TIMEOUT);
 }
 
 /// Releases a connection slot when dropped.
@@ -473,10 +494,14 @@ fn handle(state: Arc<State>, mut s: Box<dyn Stream + Send>) {
     if taken >= MAX_CONNECTIONS {
         state.connections.fetch_sub(1, Ordering::AcqRel);
         warn_limited!("http: too many connections; answered 503");
-        // A short write deadline: a refused client cannot hold the accept
-        // thread either.
-        let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
-        let _ = write_response(&mut *s, &text(503, "too many connections"), false);
+        // Answered on the accept thread, so with a short deadline: a
+        // refused client cannot hold the accept thread either.
+        let _ = write_response(
+            &mut *s,
+            &text(503, "too many connections"),
+            false,
+            REFUSAL_TIMEOUT,
+        );
         return;
     }
     let mine = state.clone();

@@ -484,6 +484,17 @@ fn a_unix_socket_serves_the_same_and_remote_addresses_need_a_flag() {
     assert_eq!(a.status, 200, "{a:?}");
     drop(d);
 
+    // Without the supervisor the daemon binds and serves it itself.
+    let (d, addr) = start(
+        common::daemon()
+            .model(default_model())
+            .arg("--no-supervisor"),
+    );
+    assert_eq!(get(&addr, "/v2/health/live").status, 200);
+    assert_eq!(get(&addr, "/metrics").status, 200);
+    assert_no_seccomp_refusal(&d);
+    drop(d);
+
     let err = common::daemon()
         .model(default_model())
         .arg("--http")
@@ -499,4 +510,30 @@ fn a_unix_socket_serves_the_same_and_remote_addresses_need_a_flag() {
         .err()
         .expect("a bad address is refused");
     assert!(err.to_string().contains("neither IP:PORT"), "{err}");
+}
+
+#[test]
+fn the_endpoint_outlives_a_worker_and_counts_its_restart() {
+    let (d, addr) = start(common::daemon().model(default_model()).admin());
+    let pid = d.admin_request(r#"{"cmd":"status"}"#).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .expect("the worker exists");
+    // The supervisor holds the listening socket: the next worker answers on
+    // the same address, and counts the restart.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let a = get(&addr, "/metrics");
+        if a.status == 200 && a.body.contains("virtio_nn_worker_restarts_total 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{a:?}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(&addr, "/v2/health/live").status, 200);
+    assert_no_seccomp_refusal(&d);
 }
