@@ -29,8 +29,10 @@
 //!   however slowly it trickles in), and the whole answer be taken within
 //!   [`WRITE_TIMEOUT`]: a slow client holds a connection slot for at most
 //!   their sum.
-//! * The server runs on its own threads and takes no lock the request
-//!   queues take but the ones the admin socket's `status` takes.
+//! * The server runs on its own threads (an accept thread, one per
+//!   connection) and takes only the locks the admin socket's `status`,
+//!   `health` and `metrics` take (the served model's read lock, the
+//!   metrics' families), each for one read: a slow client never holds one.
 //!
 //! Parsing is `httparse`'s (hyper's parser).
 //!
@@ -234,8 +236,8 @@ fn reason(status: u16) -> &'static str {
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
-        413 => "Content Too Large",
         400 => "Bad Request",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Internal Server Error",
