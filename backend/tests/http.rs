@@ -537,3 +537,28 @@ fn the_endpoint_outlives_a_worker_and_counts_its_restart() {
     assert_eq!(get(&addr, "/v2/health/live").status, 200);
     assert_no_seccomp_refusal(&d);
 }
+
+/// A stopped worker process (SIGSTOP) answers nothing, so a probe with a
+/// deadline fails (the endpoint lives in the worker: a process that cannot
+/// run cannot claim to be ready); after SIGCONT it answers again.
+#[test]
+fn a_stopped_worker_fails_probes_until_it_continues() {
+    use rustix::process::{kill_process, Pid, Signal};
+    let (d, addr) = start(common::daemon().model(default_model()).admin());
+    let _fe = Frontend::connect(d.socket(), 1).expect("frontend connects");
+    wait_status(&d, &addr, "/v2/health/ready", 200, TIMEOUT);
+    let pid = d.admin_request(r#"{"cmd":"status"}"#).unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    let pid = Pid::from_raw(pid as i32).unwrap();
+    kill_process(pid, Signal::STOP).expect("the worker exists");
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "1"])
+        .arg(format!("http://{addr}/v2/health/ready"))
+        .status()
+        .expect("curl runs");
+    kill_process(pid, Signal::CONT).expect("the worker exists");
+    assert_eq!(out.code(), Some(28), "curl timed out (exit 28)");
+    wait_status(&d, &addr, "/v2/health/ready", 200, TIMEOUT);
+    assert_no_seccomp_refusal(&d);
+}
