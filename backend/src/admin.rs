@@ -401,6 +401,7 @@ impl Admin {
                 let generation = self.device.swap(model, path.to_path_buf());
                 self.stats.record_swap(Some(generation));
                 let served = self.device.current();
+                self.stats.set_model(served.model.as_ref(), None);
                 info!(
                     "admin: loaded {} as generation {generation}",
                     path.display()

@@ -28,6 +28,9 @@ pub const ENV_INFO: &str = "VHOST_USER_NN_SUPERVISOR";
 /// Environment variable holding the pid a spawner or worker was started by,
 /// checked after `PR_SET_PDEATHSIG` (the parent may already be gone).
 pub const ENV_PARENT: &str = "VHOST_USER_NN_PARENT";
+/// Most descriptors one message carries (a worker's spawn request: the
+/// vhost-user, control, model, admin and HTTP sockets).
+const MAX_FDS: usize = 8;
 /// Largest control packet.
 const MAX_PACKET: usize = 64 * 1024;
 /// How long a worker waits for the supervisor's answer (an upgrade answers
@@ -113,7 +116,7 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Sends one message with `fds` attached.
 pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     let bytes = serde_json::to_vec(msg).map_err(io::Error::other)?;
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("too many descriptors"));
@@ -130,7 +133,7 @@ pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[BorrowedFd<'_>])
 /// Receives one message and its descriptors. `Ok(None)`: the peer closed.
 pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = vec![0u8; MAX_PACKET];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let r = recvmsg(
         sock,

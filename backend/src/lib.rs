@@ -9,6 +9,8 @@
 //!   (one worker thread per request queue, one for the event queue).
 //! * [`admin`]: the admin socket (line-delimited JSON: status, health, stats,
 //!   metrics, load).
+//! * [`http`]: `--http`, the read-only HTTP endpoint (metrics, health
+//!   probes, model metadata).
 //! * [`stats`]: request counters and latency histograms (Prometheus).
 //! * [`health`]: frontend connection and worker states (admin `health`,
 //!   the config space's status).
@@ -23,6 +25,7 @@ pub mod control;
 pub mod device;
 mod evfd;
 pub mod health;
+pub mod http;
 mod ratelimit;
 pub mod sandbox;
 pub mod stats;

@@ -23,6 +23,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vhost_user_nn::admin::{self, Admin};
 use vhost_user_nn::control;
 use vhost_user_nn::device::NnDevice;
+use vhost_user_nn::http;
 use vhost_user_nn::sandbox;
 use vhost_user_nn::stats::Stats;
 use vhost_user_nn::supervisor;
@@ -144,6 +145,21 @@ struct ServeArgs {
     )]
     admin_fd: Option<RawFd>,
 
+    /// Serve the read-only HTTP endpoint (metrics, health probes, model
+    /// metadata; see README.md) on this loopback TCP address (e.g.
+    /// 127.0.0.1:9090) or Unix socket path (one with a '/'). Off by default.
+    #[arg(long, value_name = "ADDR", value_parser = parse_http_addr)]
+    http: Option<http::Addr>,
+
+    /// Let `--http` listen on a non-loopback address. The endpoint is
+    /// read-only and has no access control of its own.
+    #[arg(long, requires = "http")]
+    http_allow_remote: bool,
+
+    /// Worker: the HTTP endpoint's socket, listening.
+    #[arg(long, hide = true, requires = "control_fd", conflicts_with = "http")]
+    http_fd: Option<RawFd>,
+
     /// Worker: announce the current generation on the event queue.
     #[arg(long, hide = true, requires = "control_fd")]
     announce: bool,
@@ -248,12 +264,27 @@ fn unix_listener(args: &ServeArgs) -> Result<UnixListener, String> {
     }
 }
 
+/// The `--http` Unix socket path, if any.
+fn http_path(args: &ServeArgs) -> Option<PathBuf> {
+    match &args.http {
+        Some(http::Addr::Unix(p)) => Some(p.clone()),
+        _ => None,
+    }
+}
+
 /// The directories of the sockets a single process creates and removes.
 fn owned_socket_dirs(args: &ServeArgs) -> Vec<PathBuf> {
     [&args.socket_path, &args.admin_socket]
         .into_iter()
         .flatten()
-        .filter_map(|p| std::path::absolute(p).ok()?.parent().map(Path::to_path_buf))
+        .cloned()
+        .chain(http_path(args))
+        .filter_map(|p| {
+            std::path::absolute(&p)
+                .ok()?
+                .parent()
+                .map(Path::to_path_buf)
+        })
         .collect()
 }
 
@@ -296,12 +327,30 @@ fn die_with_parent() -> Result<(), String> {
 
 /// Runs the supervisor, which runs this binary again as its worker with
 /// the same serving options.
+fn parse_http_addr(s: &str) -> Result<http::Addr, String> {
+    http::Addr::parse(s).map_err(|e| e.to_string())
+}
+
+/// Mode of a `--http` Unix socket: any local user may probe and scrape.
+const HTTP_SOCKET_MODE: u32 = 0o666;
+
+/// Binds `--http`, if given.
+fn http_listener(args: &ServeArgs) -> Result<Option<http::Listener>, String> {
+    args.http
+        .as_ref()
+        .map(|a| http::bind(a, args.http_allow_remote, HTTP_SOCKET_MODE))
+        .transpose()
+        .map_err(|e| e.to_string())
+}
+
 fn supervise(args: ServeArgs) -> Result<(), String> {
     let model_path = args.model.clone();
     // Refuse a kernel this CPU lacks here, not in a crash-looping worker.
     args.kernel
         .resolve()
         .map_err(|e| format!("--kernel / NN_CORE_KERNEL: {e}"))?;
+    // Before the vhost-user socket appears: a bad --http leaves no socket.
+    let http = http_listener(&args)?;
     let listener = unix_listener(&args)?;
     let admin = match &args.admin_socket {
         Some(path) => Some(
@@ -332,8 +381,13 @@ fn supervise(args: ServeArgs) -> Result<(), String> {
             .into_iter()
             .flatten()
             .cloned()
+            .chain(http_path(&args))
             .collect(),
         admin,
+        http: http.map(|l| match l {
+            http::Listener::Tcp(l) => OwnedFd::from(l),
+            http::Listener::Unix(l) => OwnedFd::from(l),
+        }),
         model_path,
         worker_args,
         exe,
@@ -402,6 +456,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         ),
         None => None,
     };
+    let http_listener = match args.http_fd {
+        Some(fd) => {
+            Some(http::Listener::from_fd(inherited(fd, "--http-fd")?).map_err(|e| e.to_string())?)
+        }
+        None => http_listener(&args)?,
+    };
     // Before any thread starts (Landlock confines this thread and its new ones).
     sandbox::confine_reads(
         &args.sandbox.model_dirs(args.model.as_deref())?,
@@ -412,6 +472,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         stats = stats.with_supervisor(&info);
     }
     stats.set_generation(generation);
+    stats.set_model(device.current().model.as_ref(), None);
     let stats = Arc::new(stats);
     let mut listener = listener(&args)?;
     let control = match args.control_fd {
@@ -447,6 +508,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             }));
     }
     let admin = Arc::new(admin);
+    if let Some(l) = http_listener {
+        http::spawn(l, Arc::new(http::State::new(device.clone(), stats.clone())))
+            .map_err(|e| e.to_string())?;
+    }
     if let Some(l) = admin_listener {
         admin::spawn_on(admin.clone(), l).map_err(|e| format!("admin socket: {e}"))?;
     }
@@ -466,6 +531,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .into_iter()
         .flatten()
         .cloned()
+        .chain(http_path(&args))
         .collect();
     exit_on_signals(owned)?;
     if let Some(user) = &args.sandbox.user {

@@ -365,6 +365,7 @@ impl VhostUserNnBackend {
             };
             let head = chain.head_index();
             let begun = Instant::now();
+            let in_flight = self.stats.in_flight(queue);
             let stop = || self.stopping() || self.epochs[q].load(Ordering::Acquire) != epoch;
             let outcome = match self
                 .device
@@ -375,6 +376,7 @@ impl VhostUserNnBackend {
             };
             self.stats
                 .record(queue, outcome.status, outcome.samples, begun.elapsed());
+            drop(in_flight);
             self.device.health().progress(q);
             served += 1;
             if !self.return_used(vring, q, epoch, head, outcome.used_len) {

@@ -175,7 +175,8 @@ impl Options {
 /// every architecture. The ones whose arguments are checked are in
 /// [`worker_rules`].
 const WORKER_COMMON: &[i64] = &[
-    // I/O on sockets, eventfds, the model file, logging.
+    // I/O on sockets (vhost-user, admin, `--http`: accept4, read, write,
+    // setsockopt for its timeouts), eventfds, the model file, logging.
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_readv,
@@ -212,7 +213,8 @@ const WORKER_COMMON: &[i64] = &[
     libc::SYS_mremap,
     libc::SYS_madvise,
     libc::SYS_brk,
-    // Threads (one per queue, per admin client) and their synchronisation
+    // Threads (one per queue, per admin client, per HTTP client) and their
+    // synchronisation
     // (clone: checked; clone3: ENOSYS from the second filter).
     libc::SYS_clone3,
     libc::SYS_futex,

@@ -55,6 +55,7 @@ const CHILD_LISTEN_FD: i32 = 3;
 const CHILD_CONTROL_FD: i32 = 4;
 const CHILD_MODEL_FD: i32 = 5;
 const CHILD_ADMIN_FD: i32 = 6;
+const CHILD_HTTP_FD: i32 = 7;
 
 /// What the supervisor serves.
 pub struct Config {
@@ -64,6 +65,9 @@ pub struct Config {
     pub owned_paths: Vec<PathBuf>,
     /// The admin socket (listening), handed to every worker.
     pub admin: Option<UnixListener>,
+    /// The `--http` endpoint (a listening TCP or Unix socket), handed to
+    /// every worker, which serves it.
+    pub http: Option<OwnedFd>,
     /// The model file served at start, if any.
     pub model_path: Option<PathBuf>,
     /// Arguments every worker gets (queues, kernel, sandbox, ...).
@@ -640,6 +644,11 @@ impl Supervisor {
             fds.push(a.as_fd().try_clone_to_owned().map_err(|e| e.to_string())?);
             child_fds.push(CHILD_ADMIN_FD);
             args.extend(["--admin-fd".into(), CHILD_ADMIN_FD.to_string().into()]);
+        }
+        if let Some(h) = &self.cfg.http {
+            fds.push(h.try_clone().map_err(|e| e.to_string())?);
+            child_fds.push(CHILD_HTTP_FD);
+            args.extend(["--http-fd".into(), CHILD_HTTP_FD.to_string().into()]);
         }
         if self.spawned > 1 {
             // The generation may have changed without an event reaching the
