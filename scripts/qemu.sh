@@ -8,7 +8,9 @@
 #                        below).
 #   --queues N           request queues of the device (default 1); QEMU's
 #                        num_vqs is N + 1: the event queue follows them
-#   --config-size N      config space size in bytes (default 64)
+#   --config-size N      config space size in bytes (default 72:
+#                        protocol::CONFIG_SIZE, nn-core/src/protocol.rs;
+#                        nn-core's tests/interfaces.rs checks the two agree)
 #   --vq-size N          virtqueue size (default: QEMU's, 64)
 #   --mem SIZE           guest RAM (default 512M)
 #   --smp N              vCPUs (default 1)
@@ -56,7 +58,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # tests/interfaces.rs runs --print-device and compares.
 VIRTIO_NN_DEVICE_ID=38
 
-socket="" queues=1 config_size=64 vq_size="" mem=512M smp=1 kvm=0
+socket="" queues=1 config_size=72 vq_size="" mem=512M smp=1 kvm=0
 serial=stdio qmp="" append_extra="" dry_run=0 print_device=0
 kernel="$KERNEL_IMAGE" initrd="$INITRAMFS"
 extra=()

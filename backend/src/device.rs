@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use log::{debug, warn};
 use nn_core::protocol::{
-    self, DeviceConfig, RequestHeader, ResponseHeader, CONFIG_MAGIC, CONFIG_SIZE, MAX_BATCH,
-    MAX_LAYERS, OP_NULL, OP_PREDICT, PROTOCOL_VERSION,
+    self, DeviceConfig, ModelChunk, ModelRequest, RequestHeader, ResponseHeader, CONFIG_MAGIC,
+    CONFIG_SIZE, MAX_BATCH, MAX_LAYERS, OP_GET_MODEL, OP_NULL, OP_PREDICT, PROTOCOL_VERSION,
 };
 use nn_core::{Model, Scratch};
 
@@ -31,7 +31,10 @@ pub type GuestMemory = GuestMemoryMmap<()>;
 /// A snapshot of guest memory.
 pub type GuestMemoryRef = <GuestMemoryAtomic<GuestMemory> as GuestAddressSpace>::T;
 
-/// A model and the generation it is served under.
+/// A model, the file `GET_MODEL` serves for it and the generation it is
+/// served under. Swapped as one `Arc`, so the model a request runs, the
+/// bytes a chunk is read from and the size, CRC and generation config space
+/// shows always belong together.
 #[derive(Debug)]
 pub struct Served {
     /// The model (`None` until the first load of a daemon started without
@@ -41,6 +44,47 @@ pub struct Served {
     pub generation: u32,
     /// Where the model was loaded from.
     pub source: PathBuf,
+    /// The model's canonical file (`Model::to_bytes`, what nn-core's
+    /// `model_view::parse` reads), whatever form the loaded file had; empty
+    /// without a model.
+    file: Vec<u8>,
+    /// CRC-32C of `file` (0 without a model).
+    file_crc32c: u32,
+}
+
+impl Served {
+    /// `model` served as `generation`, with its canonical file.
+    fn new(model: Option<Model>, generation: u32, source: PathBuf) -> Self {
+        let file = model.as_ref().map_or_else(Vec::new, Model::to_bytes);
+        let file_crc32c = if file.is_empty() {
+            0
+        } else {
+            nn_core::model::crc32c(&file)
+        };
+        Self {
+            model,
+            generation,
+            source,
+            file,
+            file_crc32c,
+        }
+    }
+
+    /// The file `GET_MODEL` serves (empty without a model).
+    pub fn file(&self) -> &[u8] {
+        &self.file
+    }
+
+    /// Size of [`Served::file`] as config space shows it. The file of a
+    /// model of at most `model::MAX_FILE_SIZE` bytes is far below 4 GiB.
+    pub fn file_size(&self) -> u32 {
+        u32::try_from(self.file.len()).unwrap_or(u32::MAX)
+    }
+
+    /// CRC-32C of [`Served::file`] (0 without a model).
+    pub fn file_crc32c(&self) -> u32 {
+        self.file_crc32c
+    }
 }
 
 /// State shared by all queues and connections of one daemon.
@@ -154,11 +198,7 @@ impl NnDevice {
         generation: u32,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            served: RwLock::new(Arc::new(Served {
-                model,
-                generation,
-                source,
-            })),
+            served: RwLock::new(Arc::new(Served::new(model, generation, source))),
             num_req_queues,
             changed: EventFd::new(libc::EFD_NONBLOCK)?,
             delay_ms: AtomicU64::new(0),
@@ -217,16 +257,13 @@ impl NnDevice {
     /// which is returned. Requests already taken keep the model they started
     /// with (they hold its `Arc`); later ones see the new one.
     pub fn swap(&self, model: Model, source: PathBuf) -> u32 {
+        // The file is made before the lock is taken (a large model's takes
+        // a while); its generation is set under the lock.
+        let mut next = Served::new(Some(model), 0, source);
         let mut served = self.served.write().unwrap_or_else(|e| e.into_inner());
         let generation = next_generation(served.generation);
-        let old = std::mem::replace(
-            &mut *served,
-            Arc::new(Served {
-                model: Some(model),
-                generation,
-                source,
-            }),
-        );
+        next.generation = generation;
+        let old = std::mem::replace(&mut *served, Arc::new(next));
         drop(served);
         // Freed (if no request still holds it) after the lock is released:
         // freeing a large model must not hold up GET_CONFIG and requests.
@@ -272,6 +309,8 @@ impl NnDevice {
             },
             num_req_queues: self.num_req_queues,
             dims: cfg_dims,
+            model_size: served.file_size(),
+            model_crc32c: served.file_crc32c(),
         }
     }
 
@@ -407,8 +446,11 @@ impl NnDevice {
         }
         let req = RequestHeader::from_bytes(&hb);
         let err = |status| Ok((error(served, req.id, status), 0));
-        if req.flags != 0 || !matches!(req.opcode, OP_PREDICT | OP_NULL) {
+        if req.flags != 0 || !matches!(req.opcode, OP_PREDICT | OP_NULL | OP_GET_MODEL) {
             return err(protocol::STATUS_UNSUPPORTED);
+        }
+        if req.opcode == OP_GET_MODEL {
+            return Ok(model_chunk(served, segs, mem, &req));
         }
         let Some(model) = &served.model else {
             return err(protocol::STATUS_NO_MODEL);
@@ -475,6 +517,71 @@ impl NnDevice {
         }
         Ok((ok, out_len))
     }
+}
+
+/// Answers a `GET_MODEL` request whose header `req` was read: checks, in
+/// order, the request's layout (`MALFORMED`), a model (`NO_MODEL`), the
+/// generation (`MODEL_CHANGED`), the range (`BAD_RANGE`) and the room for
+/// the answer (`NO_SPACE`), then writes the chunk header and the bytes after
+/// the response header, all from `served`, and returns the header and the
+/// bytes written after it.
+fn model_chunk(
+    served: &Served,
+    segs: &Segments,
+    mem: &GuestMemory,
+    req: &RequestHeader,
+) -> (ResponseHeader, usize) {
+    let err = |status| (error(served, req.id, status), 0);
+    let mut mb = [0u8; ModelRequest::SIZE];
+    if segs.readable_len() != RequestHeader::SIZE + ModelRequest::SIZE
+        || segs.read_at(mem, RequestHeader::SIZE, &mut mb).is_err()
+    {
+        return err(protocol::STATUS_MALFORMED);
+    }
+    let m = ModelRequest::from_bytes(&mb);
+    if req.num_samples != 0 || req.in_dim != 0 || m.reserved != 0 {
+        return err(protocol::STATUS_MALFORMED);
+    }
+    if served.model.is_none() {
+        return err(protocol::STATUS_NO_MODEL);
+    }
+    if m.generation != 0 && m.generation != served.generation {
+        return err(protocol::STATUS_MODEL_CHANGED);
+    }
+    let file = served.file();
+    let offset = m.offset as usize;
+    if offset > file.len() || m.length == 0 || m.length > protocol::MAX_MODEL_CHUNK {
+        return err(protocol::STATUS_BAD_RANGE);
+    }
+    // offset <= len and length <= MAX_MODEL_CHUNK: no overflow, in bounds.
+    let n = (m.length as usize).min(file.len() - offset);
+    let Some(bytes) = file.get(offset..offset + n) else {
+        return err(protocol::STATUS_BAD_RANGE);
+    };
+    let payload = ModelChunk::SIZE + n;
+    if segs.writable_len() < ResponseHeader::SIZE + payload {
+        return err(protocol::STATUS_NO_SPACE);
+    }
+    let chunk = ModelChunk {
+        model_size: served.file_size(),
+        model_crc32c: served.file_crc32c(),
+        offset: m.offset,
+        length: n as u32,
+    };
+    let at = ResponseHeader::SIZE;
+    if segs.write_at(mem, at, &chunk.to_bytes()).is_err()
+        || segs.write_at(mem, at + ModelChunk::SIZE, bytes).is_err()
+    {
+        return err(protocol::STATUS_DEVICE_ERROR);
+    }
+    let ok = ResponseHeader {
+        status: protocol::STATUS_OK,
+        generation: served.generation,
+        id: req.id,
+        num_samples: 0,
+        out_dim: 0,
+    };
+    (ok, payload)
 }
 
 fn error(served: &Served, id: u64, status: u32) -> ResponseHeader {
@@ -831,6 +938,205 @@ mod tests {
         );
     }
 
+    /// A `GET_MODEL` request: header (`num_samples`, `in_dim` 0) and body.
+    fn get_model(generation: u32, offset: u32, length: u32) -> Vec<u8> {
+        let h = RequestHeader {
+            opcode: OP_GET_MODEL,
+            flags: 0,
+            id: 77,
+            num_samples: 0,
+            in_dim: 0,
+        };
+        let mut b = h.to_bytes().to_vec();
+        b.extend(
+            ModelRequest {
+                generation,
+                offset,
+                length,
+                reserved: 0,
+            }
+            .to_bytes(),
+        );
+        b
+    }
+
+    /// Sends one `GET_MODEL` with room for `room` bytes after the two
+    /// headers; returns the status, the header's generation, the chunk
+    /// header (on success) and the bytes.
+    fn chunk(dev: &NnDevice, req: &[u8], room: u32) -> (u32, u32, Option<ModelChunk>, Vec<u8>) {
+        let total = (ResponseHeader::SIZE + ModelChunk::SIZE) as u32 + room;
+        let (out, resp) = run(
+            dev,
+            req,
+            &[(REQ, req.len() as u32, false), (RESP, total, true)],
+        );
+        let h = header(&resp);
+        assert_eq!(out.status, Some(h.status));
+        assert_eq!(h.id, 77);
+        if h.status != protocol::STATUS_OK {
+            assert_eq!(
+                out.used_len as usize,
+                ResponseHeader::SIZE,
+                "errors: header only"
+            );
+            return (h.status, h.generation, None, Vec::new());
+        }
+        let c = ModelChunk::from_bytes(resp[24..40].try_into().unwrap());
+        assert_eq!(out.used_len as usize, 40 + c.length as usize);
+        (h.status, h.generation, Some(c), resp[40..].to_vec())
+    }
+
+    /// Reads the whole served file in chunks of `step` bytes, naming the
+    /// generation of the first answer in every later request.
+    fn read_model(dev: &NnDevice, step: u32) -> (u32, ModelChunk, Vec<u8>) {
+        let (status, generation, first, mut bytes) = chunk(dev, &get_model(0, 0, step), step);
+        assert_eq!(status, protocol::STATUS_OK);
+        let first = first.unwrap();
+        while bytes.len() < first.model_size as usize {
+            let at = bytes.len() as u32;
+            let (status, g, c, more) = chunk(dev, &get_model(generation, at, step), step);
+            assert_eq!((status, g), (protocol::STATUS_OK, generation));
+            let c = c.unwrap();
+            assert_eq!(
+                (c.model_size, c.model_crc32c, c.offset),
+                (first.model_size, first.model_crc32c, at)
+            );
+            assert!(!more.is_empty(), "no progress at {at}");
+            bytes.extend(more);
+        }
+        (generation, first, bytes)
+    }
+
+    #[test]
+    fn get_model_reads_the_served_file_in_chunks() {
+        let dev = device();
+        let model = crate::testing::small_model("t");
+        let want = model.to_bytes();
+        for step in [1, 7, 64, protocol::MAX_MODEL_CHUNK] {
+            let (generation, _, bytes) = read_model(&dev, step);
+            assert_eq!(generation, 1);
+            assert_eq!(bytes, want, "chunks of {step}");
+        }
+        // Config space names the same file, and its CRC is the bytes'.
+        let c = dev.config();
+        assert_eq!(c.model_size as usize, want.len());
+        assert_eq!(c.model_crc32c, nn_core::model::crc32c(&want));
+        let (_, first, bytes) = read_model(&dev, 100);
+        assert_eq!(
+            (first.model_size, first.model_crc32c),
+            (c.model_size, c.model_crc32c)
+        );
+        // The guest's reader takes it, and runs it with the engine's bits.
+        let view = nn_core::model_view::parse(&bytes, nn_core::model::crc32c).unwrap();
+        let x = [ONE, -2 * ONE, 3 * ONE];
+        let (mut a, mut b, mut y) = ([0; 8], [0; 8], [0; 2]);
+        nn_core::reference::forward_into(view.layers(), &x, &mut a, &mut b, &mut y).unwrap();
+        assert_eq!(y.to_vec(), model.mlp.predict(&x).unwrap());
+        // The end of the file: 0 bytes at its size, a short last chunk.
+        let size = c.model_size;
+        let (status, _, ch, rest) = chunk(&dev, &get_model(1, size, 16), 16);
+        assert_eq!(
+            (status, ch.unwrap().length, rest.len()),
+            (protocol::STATUS_OK, 0, 0)
+        );
+        let (_, _, ch, rest) = chunk(&dev, &get_model(1, size - 3, 16), 16);
+        assert_eq!(
+            (ch.unwrap().length, rest),
+            (3, want[want.len() - 3..].to_vec())
+        );
+    }
+
+    #[test]
+    fn bad_get_model_requests_get_their_status() {
+        let dev = device();
+        let size = dev.config().model_size;
+        let mut extra = get_model(0, 0, 8);
+        extra.push(0);
+        let mut samples = get_model(0, 0, 8);
+        samples[16] = 1;
+        let mut reserved = get_model(0, 0, 8);
+        reserved[24 + 12] = 1;
+        let mut flagged = get_model(0, 0, 8);
+        flagged[4] = 1;
+        let cases: Vec<(Vec<u8>, u32)> = vec![
+            (
+                get_model(0, 0, 8)[..24].to_vec(),
+                protocol::STATUS_MALFORMED,
+            ),
+            (
+                get_model(0, 0, 8)[..39].to_vec(),
+                protocol::STATUS_MALFORMED,
+            ),
+            (extra, protocol::STATUS_MALFORMED),
+            (samples, protocol::STATUS_MALFORMED),
+            (reserved, protocol::STATUS_MALFORMED),
+            (flagged, protocol::STATUS_UNSUPPORTED),
+            (get_model(2, 0, 8), protocol::STATUS_MODEL_CHANGED),
+            (get_model(1, size + 1, 8), protocol::STATUS_BAD_RANGE),
+            (get_model(1, u32::MAX, 8), protocol::STATUS_BAD_RANGE),
+            (get_model(1, 0, 0), protocol::STATUS_BAD_RANGE),
+            (
+                get_model(1, 0, protocol::MAX_MODEL_CHUNK + 1),
+                protocol::STATUS_BAD_RANGE,
+            ),
+            (get_model(0, 0, u32::MAX), protocol::STATUS_BAD_RANGE),
+        ];
+        for (req, want) in cases {
+            let (status, generation, _, _) = chunk(&dev, &req, 64);
+            assert_eq!(
+                (status, generation),
+                (want, 1),
+                "{}",
+                protocol::status_name(want)
+            );
+        }
+        // Room for less than the chunk: NO_SPACE, nothing else written.
+        let (status, ..) = chunk(&dev, &get_model(0, 0, 65), 64);
+        assert_eq!(status, protocol::STATUS_NO_SPACE);
+        let (status, ..) = chunk(&dev, &get_model(0, size - 64, 65), 64);
+        assert_eq!(status, protocol::STATUS_OK, "64 bytes are left: they fit");
+        // No model: NO_MODEL, generation 0, and config space says size 0.
+        let empty = NnDevice::without_model(1).unwrap();
+        assert_eq!(
+            chunk(&empty, &get_model(0, 0, 8), 8).0,
+            protocol::STATUS_NO_MODEL
+        );
+        let c = empty.config();
+        assert_eq!((c.model_size, c.model_crc32c, c.generation), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_swap_between_chunks_is_seen_and_config_changes_with_it() {
+        let dev = device();
+        let (status, g1, first, part) = chunk(&dev, &get_model(0, 0, 32), 32);
+        assert_eq!((status, g1), (protocol::STATUS_OK, 1));
+        let old = dev.config();
+        let l = Layer::new(5, 1, vec![ONE; 5], vec![0], Activation::Identity).unwrap();
+        let new = Model::new(Mlp::new(vec![l]).unwrap(), "new");
+        assert_eq!(dev.swap(new.clone(), "new".into()), 2);
+        // The next chunk of generation 1 is refused and names generation 2.
+        let (status, g, ..) = chunk(&dev, &get_model(g1, 32, 32), 32);
+        assert_eq!((status, g), (protocol::STATUS_MODEL_CHANGED, 2));
+        // Generation, size and CRC changed together in config space.
+        let c = dev.config();
+        let want = new.to_bytes();
+        assert_eq!(c.generation, 2);
+        assert_eq!(c.model_size as usize, want.len());
+        assert_eq!(c.model_crc32c, nn_core::model::crc32c(&want));
+        assert_ne!(
+            (c.model_size, c.model_crc32c),
+            (old.model_size, old.model_crc32c)
+        );
+        assert_eq!(
+            (first.unwrap().model_size, first.unwrap().model_crc32c),
+            (old.model_size, old.model_crc32c)
+        );
+        assert_eq!(part, crate::testing::small_model("t").to_bytes()[..32]);
+        // Starting again reads the new file whole.
+        let (g, _, bytes) = read_model(&dev, 40);
+        assert_eq!((g, bytes), (2, want));
+    }
+
     #[test]
     fn config_space_describes_the_model() {
         let dev = device();
@@ -841,7 +1147,15 @@ mod tests {
             (2, 3, 2, 2)
         );
         assert_eq!(dev.read_config(8, 4), 1u32.to_le_bytes().to_vec());
-        assert!(dev.read_config(60, 8).is_empty());
+        assert!(dev.read_config(CONFIG_SIZE as u32 - 4, 8).is_empty());
+        assert_eq!(dev.read_config(0, CONFIG_SIZE as u32).len(), CONFIG_SIZE);
+        let size = dev.read_config(protocol::cfg::MODEL_SIZE as u32, 4);
+        assert_eq!(
+            size,
+            (crate::testing::small_model("t").to_bytes().len() as u32)
+                .to_le_bytes()
+                .to_vec()
+        );
         assert!(dev.read_config(u32::MAX, 4).is_empty());
     }
 }

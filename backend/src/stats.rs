@@ -193,7 +193,7 @@ impl Stats {
 
     /// Totals per queue.
     pub fn summary(&self) -> Summary {
-        let statuses: Vec<Option<u32>> = (protocol::STATUS_OK..=protocol::STATUS_DEVICE_ERROR)
+        let statuses: Vec<Option<u32>> = (protocol::STATUS_OK..=protocol::STATUS_MAX)
             .map(Some)
             .chain([None])
             .collect();

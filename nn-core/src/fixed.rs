@@ -24,9 +24,29 @@
 //!    arithmetic shift: round to nearest, ties towards +infinity.
 //! 4. **Saturation**: the rounded `i64` is clamped to `[i32::MIN, i32::MAX]`.
 //! 5. **Activation**: ReLU is `max(y, 0)`; identity leaves `y`.
+//!
+//! # Shared with the guest kernel
+//!
+//! The guest driver includes this very file with `#[path = ...] mod fixed;`
+//! (with `reference.rs` and `model_view.rs`, the forward pass and the model
+//! file reader it runs on its copy of the model): it depends on nothing but
+//! `core` — no allocation, no `std`, no floats (the kernel has no FPU
+//! context), no other module of this crate, no `unsafe` — and nothing in it
+//! can panic (no indexing; the shifts and products cannot overflow).
+//! `nn-core/tests/core_only.rs` builds it as a `#![no_std]` crate without
+//! `alloc`. Float conversions are in `crate::quant`.
 
-/// Number of fractional bits.
-pub const FRAC_BITS: u32 = crate::protocol::FRAC_BITS;
+#![deny(
+    clippy::indexing_slicing,
+    clippy::float_arithmetic,
+    clippy::panic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+/// Number of fractional bits (also `protocol::FRAC_BITS`, the wire's; a
+/// compile-time assertion in the crate root keeps the two equal).
+pub const FRAC_BITS: u32 = 16;
 /// 1.0 in Q16.16.
 pub const ONE: i32 = 1 << FRAC_BITS;
 /// Largest whole number that converts to Q16.16 without overflow.
@@ -47,30 +67,6 @@ pub fn from_int(x: i32) -> Option<i32> {
 /// arithmetic shift, as the original design's `FIXED_TO_INT`).
 pub fn to_int(x: i32) -> i32 {
     x >> FRAC_BITS
-}
-
-/// Converts a float to the nearest Q16.16 value (ties away from zero), or
-/// `None` for NaN, infinities and values outside the Q16.16 range.
-pub fn from_f64(x: f64) -> Option<i32> {
-    let scaled = x * f64::from(ONE);
-    if !scaled.is_finite() {
-        return None;
-    }
-    // Rounding by hand: `f64::round` needs std.
-    let r = if scaled >= 0.0 {
-        (scaled + 0.5) as i64 as f64
-    } else {
-        -((-scaled + 0.5) as i64 as f64)
-    };
-    if r < f64::from(i32::MIN) || r > f64::from(i32::MAX) {
-        return None;
-    }
-    Some(r as i32)
-}
-
-/// Converts Q16.16 to a float (exact).
-pub fn to_f64(x: i32) -> f64 {
-    f64::from(x) / f64::from(ONE)
 }
 
 /// The accumulator's starting value for a bias (step 2).
@@ -101,6 +97,20 @@ pub fn neuron(weights: &[i32], bias: i32, inputs: &[i32]) -> i32 {
     round_sat(acc)
 }
 
+/// [`neuron`] with the weights as little-endian bytes (4 per weight, as a
+/// model file stores them): the same arithmetic on the same values.
+pub fn neuron_le(weights: &[u8], bias: i32, inputs: &[i32]) -> i32 {
+    let acc = weights
+        .chunks_exact(4)
+        .zip(inputs)
+        .fold(bias_acc(bias), |acc, (w, &x)| match *w {
+            [b0, b1, b2, b3] => mac(acc, i32::from_le_bytes([b0, b1, b2, b3]), x),
+            // chunks_exact(4) yields 4 bytes.
+            _ => acc,
+        });
+    round_sat(acc)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,16 +124,6 @@ mod tests {
         assert_eq!(from_int(-32769), None);
         assert_eq!(to_int(-1), -1, "floor, not truncation");
         assert_eq!(to_int(ONE + ONE / 2), 1);
-    }
-
-    #[test]
-    fn float_conversion() {
-        assert_eq!(from_f64(0.5), Some(ONE / 2));
-        assert_eq!(from_f64(-1.5), Some(-3 * ONE / 2));
-        assert_eq!(from_f64(f64::NAN), None);
-        assert_eq!(from_f64(32768.0), None);
-        assert_eq!(from_f64(-32768.0), Some(i32::MIN));
-        assert_eq!(to_f64(ONE / 4), 0.25);
     }
 
     #[test]

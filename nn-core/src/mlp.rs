@@ -3,52 +3,19 @@
 //! The multi-layer perceptron: a chain of dense layers, validated once when it
 //! is built and then run without per-sample shape checks.
 //!
-//! `Layer::forward` with [`crate::fixed::neuron`] is the scalar reference:
-//! every faster path ([`crate::kernels`]) must give the same bits. The
-//! arithmetic of each neuron is defined in [`crate::fixed`].
+//! The scalar reference is [`crate::reference::forward_into`] over the
+//! layers' views ([`Layer::view`]): every faster path ([`crate::kernels`])
+//! must give the same bits. The arithmetic of each neuron is defined in
+//! [`crate::fixed`].
 
 use alloc::vec;
 use alloc::vec::Vec;
 
-use crate::fixed;
 use crate::kernels::{self, Kernel, Packed};
 use crate::protocol::{MAX_BATCH, MAX_DIM, MAX_LAYERS};
+use crate::reference::{self, LayerView, Values};
 
-/// What a layer applies to its rounded, saturated outputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// `y`
-    Identity,
-    /// `max(y, 0)`
-    Relu,
-}
-
-impl Activation {
-    /// The name used in model files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Activation::Identity => "identity",
-            Activation::Relu => "relu",
-        }
-    }
-
-    /// Parses a name used in model files.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "identity" => Some(Activation::Identity),
-            "relu" => Some(Activation::Relu),
-            _ => None,
-        }
-    }
-
-    #[inline(always)]
-    fn apply(self, y: i32) -> i32 {
-        match self {
-            Activation::Identity => y,
-            Activation::Relu => y.max(0),
-        }
-    }
-}
+pub use crate::reference::Activation;
 
 /// One dense layer: `out_dim` neurons over `in_dim` inputs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +78,16 @@ pub enum ShapeError {
     /// A batch of 0 or above [`MAX_BATCH`] samples.
     #[error("batch of {0} samples is outside 1..={max}", max = MAX_BATCH)]
     Batch(usize),
+    /// The scalar reference refused the layers or buffers (checked when the
+    /// network was built, so not expected).
+    #[error("scalar reference: {0}")]
+    Reference(reference::ForwardError),
+}
+
+impl From<reference::ForwardError> for ShapeError {
+    fn from(e: reference::ForwardError) -> Self {
+        ShapeError::Reference(e)
+    }
 }
 
 impl Layer {
@@ -187,14 +164,14 @@ impl Layer {
         )
     }
 
-    /// Runs the layer on one sample (`x.len() == in_dim`, `y.len() == out_dim`).
-    fn forward(&self, x: &[i32], y: &mut [i32]) {
-        for ((yj, row), &b) in y
-            .iter_mut()
-            .zip(self.weights.chunks_exact(self.in_dim))
-            .zip(&self.bias)
-        {
-            *yj = self.activation.apply(fixed::neuron(row, b, x));
+    /// The layer as the scalar reference borrows it.
+    pub fn view(&self) -> LayerView<'_> {
+        LayerView {
+            in_dim: self.in_dim,
+            out_dim: self.out_dim,
+            weights: Values::I32(&self.weights),
+            bias: Values::I32(&self.bias),
+            activation: self.activation,
         }
     }
 }
@@ -276,7 +253,7 @@ impl Mlp {
             });
         }
         let last = dims.len() - 2;
-        let mut q = |b: f64| fixed::from_f64(uniform(b)).unwrap_or(0);
+        let mut q = |b: f64| crate::quant::from_f64(uniform(b)).unwrap_or(0);
         let layers = dims
             .windows(2)
             .enumerate()
@@ -404,7 +381,7 @@ impl Mlp {
             *scratch = self.scratch();
         }
         if self.kernel == Kernel::Scalar {
-            self.run_scalar(inputs, outputs, scratch);
+            self.run_scalar(inputs, outputs, scratch)?;
         } else {
             let mut s0 = 0;
             while s0 < n {
@@ -433,15 +410,26 @@ impl Mlp {
                 b: vec![0; self.max_width],
             };
         }
-        self.run_scalar(inputs, outputs, scratch);
-        Ok(())
+        self.run_scalar(inputs, outputs, scratch)
     }
 
-    fn run_scalar(&self, inputs: &[i32], outputs: &mut [i32], scratch: &mut Scratch) {
+    fn run_scalar(
+        &self,
+        inputs: &[i32],
+        outputs: &mut [i32],
+        scratch: &mut Scratch,
+    ) -> Result<(), ShapeError> {
         let (ind, outd) = (self.input_dim(), self.output_dim());
-        for (x, y) in inputs.chunks_exact(ind).zip(outputs.chunks_exact_mut(outd)) {
-            self.forward_one(x, y, scratch);
+        let mut views = [LayerView::default(); MAX_LAYERS];
+        for (v, l) in views.iter_mut().zip(&self.layers) {
+            *v = l.view();
         }
+        let views = &views[..self.layers.len()];
+        for (x, y) in inputs.chunks_exact(ind).zip(outputs.chunks_exact_mut(outd)) {
+            // The layers were checked when the network was built.
+            reference::forward_checked(views, x, &mut scratch.a, &mut scratch.b, y)?;
+        }
+        Ok(())
     }
 
     /// Checks the buffers of a prediction call; returns the sample count.
@@ -504,21 +492,6 @@ impl Mlp {
         let mut out = vec![0; self.output_dim()];
         self.predict_batch(input, &mut out, &mut self.scratch())?;
         Ok(out)
-    }
-
-    fn forward_one(&self, x: &[i32], y: &mut [i32], s: &mut Scratch) {
-        let last = self.layers.len() - 1;
-        let (mut cur, mut next) = (&mut s.a, &mut s.b);
-        cur[..x.len()].copy_from_slice(x);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let input = &cur[..layer.in_dim];
-            if i == last {
-                layer.forward(input, y);
-            } else {
-                layer.forward(input, &mut next[..layer.out_dim]);
-                core::mem::swap(&mut cur, &mut next);
-            }
-        }
     }
 }
 
@@ -614,7 +587,10 @@ mod tests {
         let m = Mlp::he_uniform(&[6, 4, 2], |b| b).unwrap();
         assert_eq!(m.dims(), vec![6, 4, 2]);
         assert_eq!(m.layers[0].weights, vec![ONE; 24]);
-        assert_eq!(m.layers[0].bias, vec![fixed::from_f64(0.1).unwrap(); 4]);
+        assert_eq!(
+            m.layers[0].bias,
+            vec![crate::quant::from_f64(0.1).unwrap(); 4]
+        );
         assert_eq!(m.layers[1].activation, Activation::Identity);
         assert_eq!(m.layers[0].activation, Activation::Relu);
         let mut calls = 0;

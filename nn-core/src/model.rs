@@ -35,19 +35,18 @@ use safetensors::{Dtype, SafeTensors};
 use crate::mlp::{Activation, Layer, Mlp, ShapeError};
 use crate::protocol::MAX_LAYERS;
 
-/// Value of the `format` metadata key.
-pub const FORMAT: &str = "virtio-nn";
-/// Value of the `format_version` metadata key this crate reads and writes.
-pub const FORMAT_VERSION: &str = "1";
-/// Value of the `fixed_point` metadata key.
-pub const FIXED_POINT: &str = "q16.16";
+pub use crate::model_view::{FIXED_POINT, FORMAT, FORMAT_VERSION, MAX_NAME_LEN};
 /// Largest model file accepted, in bytes.
 pub const MAX_FILE_SIZE: usize = 256 << 20;
-/// Longest `name` metadata accepted, in bytes (it is shown by the admin
-/// `status` and written to logs).
-pub const MAX_NAME_LEN: usize = 256;
-
 const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// The standard CRC-32C (Castagnoli, the iSCSI polynomial; Linux's
+/// `~crc32c(~0, ..)`) of `bytes`: the checksum of the tensor data in the
+/// `checksum` metadata, and of the whole served file in the device's config
+/// space.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    CRC32C.checksum(bytes)
+}
 
 /// Why a model file was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -283,7 +282,8 @@ impl Model {
     /// Serializes to the file format. The bytes depend only on the model:
     /// the header is written here with its keys in a fixed order (metadata
     /// sorted, then the tensors in layer order), so the same model always
-    /// gives the same file.
+    /// gives the same file. This is the canonical form `model_view::parse`
+    /// reads (and the daemon serves with `GET_MODEL`): keep the two in step.
     pub fn to_bytes(&self) -> Vec<u8> {
         let layers = self.mlp.layers();
         let acts: Vec<&str> = layers.iter().map(|l| l.activation().name()).collect();
@@ -435,6 +435,13 @@ mod tests {
         out.extend_from_slice(&new);
         out.extend_from_slice(&bytes[8 + n..]);
         out
+    }
+
+    #[test]
+    fn crc32c_is_the_castagnoli_crc() {
+        // The standard check value (PROTOCOL.md quotes it for drivers).
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(&[]), 0);
     }
 
     #[test]

@@ -22,6 +22,10 @@
 //!   device-writable part with room for a [`ResponseHeader`] followed by
 //!   `num_samples * out_dim` Q16.16 outputs. Either part may be split over any
 //!   number of descriptors.
+//! * A [`OP_GET_MODEL`] request reads a chunk of the served model file (the
+//!   canonical form `nn-core`'s `model_view` reads), of the generation the
+//!   driver names in its [`ModelRequest`]; config space carries the file's
+//!   size and CRC-32C, which change together with the generation.
 //! * Queue `num_req_queues` (after the request queues) is the event queue:
 //!   the driver posts device-writable buffers of [`Event::SIZE`] bytes and
 //!   the device returns one, filled with an [`Event`], when the model
@@ -75,8 +79,18 @@ pub fn max_batch_for(dims: &[usize]) -> u32 {
     u32::try_from(fit).unwrap_or(u32::MAX).clamp(1, MAX_BATCH)
 }
 
-/// Size in bytes of the config space.
-pub const CONFIG_SIZE: usize = 64;
+/// Size in bytes of the config space: the one definition. QEMU's
+/// `config_size` (scripts/qemu.sh's default, checked against this by
+/// nn-core's tests/interfaces.rs) must be this: a smaller one hides the
+/// fields past it from the driver, a larger one makes QEMU's config reads
+/// fail (the device answers no bytes beyond this size).
+///
+/// Compatibility: fields are only ever appended (a driver reads each field
+/// at its offset in [`cfg`], so a driver that knows fewer fields works with
+/// a device that has more); an existing offset never changes meaning. A
+/// read past the config space QEMU was given returns all ones, so a driver
+/// treats a `model_size` of `u32::MAX` as "no model file".
+pub const CONFIG_SIZE: usize = 72;
 
 /// Byte offsets of the config-space fields; every field is a `u32` (le32).
 pub mod cfg {
@@ -99,6 +113,11 @@ pub mod cfg {
     /// `dims[i]`, `i in 0..=NUM_LAYERS`, at `DIMS + 4 * i`: `dims[0]` is the
     /// input width, `dims[NUM_LAYERS]` the output width. Unused slots are 0.
     pub const DIMS: usize = 32;
+    /// Size in bytes of the model file [`super::OP_GET_MODEL`] serves for
+    /// this generation (0 without a model).
+    pub const MODEL_SIZE: usize = 64;
+    /// CRC-32C (Castagnoli) of that whole file (0 without a model).
+    pub const MODEL_CRC32C: usize = 68;
 }
 
 /// Device status: a model is loaded and requests are served.
@@ -155,6 +174,15 @@ pub const OP_PREDICT: u32 = 1;
 /// carries the header only (`out_dim` 0). For measuring the transport.
 pub const OP_NULL: u32 = 2;
 
+/// Opcode: read a chunk of the served model file. The readable part is a
+/// [`RequestHeader`] (`num_samples` and `in_dim` 0) then a [`ModelRequest`];
+/// on success the writable part receives the [`ResponseHeader`], a
+/// [`ModelChunk`] and the chunk's bytes.
+pub const OP_GET_MODEL: u32 = 3;
+
+/// Most bytes one [`OP_GET_MODEL`] request may ask for.
+pub const MAX_MODEL_CHUNK: u32 = 256 * 1024;
+
 /// Response status: success.
 pub const STATUS_OK: u32 = 0;
 /// The readable part is shorter than a header, or its length does not match
@@ -172,6 +200,14 @@ pub const STATUS_NO_SPACE: u32 = 5;
 pub const STATUS_NO_MODEL: u32 = 6;
 /// The device could not access the request's memory or failed internally.
 pub const STATUS_DEVICE_ERROR: u32 = 7;
+/// [`OP_GET_MODEL`]: the request names a generation that is no longer
+/// served (the response header carries the current one); start again.
+pub const STATUS_MODEL_CHANGED: u32 = 8;
+/// [`OP_GET_MODEL`]: `offset` beyond the file, or `length` 0 or above
+/// [`MAX_MODEL_CHUNK`].
+pub const STATUS_BAD_RANGE: u32 = 9;
+/// The highest status code this protocol defines.
+pub const STATUS_MAX: u32 = STATUS_BAD_RANGE;
 
 /// A short name for a response status, for logs and error messages.
 pub const fn status_name(status: u32) -> &'static str {
@@ -184,6 +220,8 @@ pub const fn status_name(status: u32) -> &'static str {
         STATUS_NO_SPACE => "response buffer too small",
         STATUS_NO_MODEL => "no model loaded",
         STATUS_DEVICE_ERROR => "device error",
+        STATUS_MODEL_CHANGED => "model changed",
+        STATUS_BAD_RANGE => "bad model range",
         _ => "unknown status",
     }
 }
@@ -199,6 +237,8 @@ pub const fn status_label(status: u32) -> &'static str {
         STATUS_NO_SPACE => "no_space",
         STATUS_NO_MODEL => "no_model",
         STATUS_DEVICE_ERROR => "device_error",
+        STATUS_MODEL_CHANGED => "model_changed",
+        STATUS_BAD_RANGE => "bad_range",
         _ => "unknown",
     }
 }
@@ -315,6 +355,87 @@ impl ResponseHeader {
     }
 }
 
+/// What follows the [`RequestHeader`] of an [`OP_GET_MODEL`] request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelRequest {
+    /// The generation the driver is reading, or 0 for whichever is served
+    /// now (the response names it). A non-zero generation that is no longer
+    /// served is answered [`STATUS_MODEL_CHANGED`].
+    pub generation: u32,
+    /// First byte wanted, at most the file's size.
+    pub offset: u32,
+    /// Bytes wanted, `1..=MAX_MODEL_CHUNK`; fewer are sent at the end of
+    /// the file.
+    pub length: u32,
+    /// Must be 0.
+    pub reserved: u32,
+}
+
+impl ModelRequest {
+    /// Encoded size in bytes.
+    pub const SIZE: usize = 16;
+
+    /// Decodes a model request.
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            generation: le32(b, 0),
+            offset: le32(b, 4),
+            length: le32(b, 8),
+            reserved: le32(b, 12),
+        }
+    }
+
+    /// Encodes a model request.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put32(&mut b, 0, self.generation);
+        put32(&mut b, 4, self.offset);
+        put32(&mut b, 8, self.length);
+        put32(&mut b, 12, self.reserved);
+        b
+    }
+}
+
+/// What follows the [`ResponseHeader`] of a successful [`OP_GET_MODEL`]
+/// response, before the chunk's bytes. All of it describes the file of the
+/// header's generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelChunk {
+    /// Size of the whole file in bytes.
+    pub model_size: u32,
+    /// CRC-32C of the whole file.
+    pub model_crc32c: u32,
+    /// The request's offset.
+    pub offset: u32,
+    /// Bytes that follow: `min(length, model_size - offset)`.
+    pub length: u32,
+}
+
+impl ModelChunk {
+    /// Encoded size in bytes.
+    pub const SIZE: usize = 16;
+
+    /// Decodes a chunk header.
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            model_size: le32(b, 0),
+            model_crc32c: le32(b, 4),
+            offset: le32(b, 8),
+            length: le32(b, 12),
+        }
+    }
+
+    /// Encodes a chunk header.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        put32(&mut b, 0, self.model_size);
+        put32(&mut b, 4, self.model_crc32c);
+        put32(&mut b, 8, self.offset);
+        put32(&mut b, 12, self.length);
+        b
+    }
+}
+
 /// The config space, decoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DeviceConfig {
@@ -334,6 +455,10 @@ pub struct DeviceConfig {
     pub num_req_queues: u32,
     /// Layer widths, `dims[0]` the input width; `num_layers + 1` are used.
     pub dims: [u32; MAX_LAYERS + 1],
+    /// Size of the model file [`OP_GET_MODEL`] serves (0: no model).
+    pub model_size: u32,
+    /// CRC-32C of that file (0: no model).
+    pub model_crc32c: u32,
 }
 
 /// Why a config space is not one this protocol can use.
@@ -367,6 +492,8 @@ impl DeviceConfig {
             max_batch: le32(b, cfg::MAX_BATCH),
             num_req_queues: le32(b, cfg::NUM_REQ_QUEUES),
             dims,
+            model_size: le32(b, cfg::MODEL_SIZE),
+            model_crc32c: le32(b, cfg::MODEL_CRC32C),
         }
     }
 
@@ -383,6 +510,8 @@ impl DeviceConfig {
         for (i, d) in self.dims.iter().enumerate() {
             put32(&mut b, cfg::DIMS + 4 * i, *d);
         }
+        put32(&mut b, cfg::MODEL_SIZE, self.model_size);
+        put32(&mut b, cfg::MODEL_CRC32C, self.model_crc32c);
         b
     }
 
@@ -504,10 +633,17 @@ mod tests {
             max_batch: MAX_BATCH,
             num_req_queues: 1,
             dims: [16, 32, 4, 0, 0, 0, 0, 0],
+            model_size: 2808,
+            model_crc32c: 0xdead_beef,
         };
         let b = c.to_bytes();
         assert_eq!(&b[0..4], b"VNN1");
         assert_eq!(le32(&b, cfg::DIMS + 8), 4);
+        // Appended after the dims, the last field ending the config space.
+        assert_eq!(cfg::MODEL_SIZE, cfg::DIMS + 4 * (MAX_LAYERS + 1));
+        assert_eq!(le32(&b, cfg::MODEL_SIZE), 2808);
+        assert_eq!(&b[cfg::MODEL_CRC32C..], &0xdead_beefu32.to_le_bytes());
+        assert_eq!(cfg::MODEL_CRC32C + 4, CONFIG_SIZE);
         assert_eq!(DeviceConfig::from_bytes(&b), c);
         assert_eq!(c.validate(), Ok(()));
         assert_eq!((c.input_dim(), c.output_dim()), (16, 4));
@@ -533,6 +669,30 @@ mod tests {
         c.num_layers = 2;
         c.magic = 0;
         assert_eq!(c.validate(), Err(ConfigError::BadMagic(0)));
+    }
+
+    #[test]
+    fn model_request_and_chunk_round_trip() {
+        let r = ModelRequest {
+            generation: 3,
+            offset: 0x1_0000,
+            length: MAX_MODEL_CHUNK,
+            reserved: 0,
+        };
+        let b = r.to_bytes();
+        assert_eq!(&b[..8], &[3, 0, 0, 0, 0, 0, 1, 0]);
+        assert_eq!(ModelRequest::from_bytes(&b), r);
+        let c = ModelChunk {
+            model_size: 5000,
+            model_crc32c: 0x0102_0304,
+            offset: 4096,
+            length: 904,
+        };
+        let b = c.to_bytes();
+        assert_eq!(&b[4..8], &[4, 3, 2, 1]);
+        assert_eq!(ModelChunk::from_bytes(&b), c);
+        assert_eq!(status_label(STATUS_MODEL_CHANGED), "model_changed");
+        assert_eq!(status_label(STATUS_MAX), "bad_range");
     }
 
     #[test]

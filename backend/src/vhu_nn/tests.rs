@@ -13,7 +13,8 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use nn_core::protocol::{
-    self, Event, RequestHeader, ResponseHeader, EVENT_CONFIG_CHANGED, OP_PREDICT, STATUS_OK,
+    self, DeviceConfig, Event, ModelChunk, ModelRequest, RequestHeader, ResponseHeader,
+    CONFIG_SIZE, EVENT_CONFIG_CHANGED, OP_GET_MODEL, OP_PREDICT, STATUS_OK,
 };
 use nn_core::Model;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -162,6 +163,70 @@ impl Env {
         let resp_len = (ResponseHeader::SIZE + 4 * 2 * n as usize) as u32;
         let head = self.post(q, addr, &[(req.len() as u32, false), (resp_len, true)]);
         (head, addr + req.len() as u64)
+    }
+
+    /// Posts a `GET_MODEL` request on request queue `q` with room for
+    /// `length` bytes; returns the chain's head and where the response goes.
+    fn post_get_model(
+        &mut self,
+        q: usize,
+        generation: u32,
+        offset: u32,
+        length: u32,
+    ) -> (u16, u64) {
+        let h = RequestHeader {
+            opcode: OP_GET_MODEL,
+            flags: 0,
+            id: u64::from(offset),
+            num_samples: 0,
+            in_dim: 0,
+        };
+        let mut req = h.to_bytes().to_vec();
+        req.extend(
+            ModelRequest {
+                generation,
+                offset,
+                length,
+                reserved: 0,
+            }
+            .to_bytes(),
+        );
+        let addr = self.queues[q].base + BUFS + u64::from(self.queues[q].next_desc) * 0x1000;
+        self.mmap.write_slice(&req, GuestAddress(addr)).unwrap();
+        let resp_len = (ResponseHeader::SIZE + ModelChunk::SIZE) as u32 + length;
+        let head = self.post(q, addr, &[(req.len() as u32, false), (resp_len, true)]);
+        (head, addr + req.len() as u64)
+    }
+
+    /// Sends one `GET_MODEL` through request queue 0's worker; returns the
+    /// response header, and the chunk header and bytes on success.
+    fn get_model(
+        &mut self,
+        generation: u32,
+        offset: u32,
+        length: u32,
+    ) -> (ResponseHeader, Option<(ModelChunk, Vec<u8>)>) {
+        let (head, resp) = self.post_get_model(0, generation, offset, length);
+        self.backend
+            .handle_event(0, EventSet::IN, &self.thread_vrings(0), 0)
+            .unwrap();
+        let (id, len) = *self.used(0).last().unwrap();
+        assert_eq!(id, u32::from(head));
+        let bytes = self.read(resp, len as usize);
+        let h = ResponseHeader::from_bytes(bytes[..ResponseHeader::SIZE].try_into().unwrap());
+        assert_eq!(h.id, u64::from(offset));
+        if h.status != STATUS_OK {
+            return (h, None);
+        }
+        let c = ModelChunk::from_bytes(bytes[24..40].try_into().unwrap());
+        assert_eq!(len as usize, 40 + c.length as usize);
+        (h, Some((c, bytes[40..].to_vec())))
+    }
+
+    /// The config space, as QEMU reads it (GET_CONFIG).
+    fn config(&self) -> DeviceConfig {
+        let b = self.backend.get_config(0, CONFIG_SIZE as u32);
+        DeviceConfig::from_bytes(&b.try_into().unwrap())
     }
 
     /// The used entries of queue `q` so far, as (head, len).
@@ -432,4 +497,67 @@ fn a_disabled_event_queue_is_not_written_until_enabled() {
     assert_eq!(env.used(ev), vec![(u32::from(head), Event::SIZE as u32)]);
     let e = Event::from_bytes(&env.read(buf, Event::SIZE).try_into().unwrap());
     assert_eq!(e.generation, 2);
+}
+
+/// The driver's fetch of the model through a real vring: chunks of the
+/// served file, reassembled, equal the model's canonical file, and their
+/// CRC-32C and size are config space's; a swap between two chunks is
+/// answered MODEL_CHANGED with the new generation, whose file config space
+/// then describes and a fresh fetch reads.
+#[test]
+fn the_model_is_fetched_in_chunks_and_a_swap_between_them_is_seen() {
+    // Few chains: the test queue has 16 descriptors, two per request.
+    const STEP: u32 = 200;
+    let mut env = Env::new(1);
+    let cfg = env.config();
+    assert_eq!(cfg.generation, 1);
+    let mut file = Vec::new();
+    while file.len() < cfg.model_size as usize {
+        let at = file.len() as u32;
+        let (h, chunk) = env.get_model(cfg.generation, at, STEP);
+        assert_eq!((h.status, h.generation), (STATUS_OK, 1), "chunk at {at}");
+        let (c, bytes) = chunk.unwrap();
+        assert_eq!(
+            (c.model_size, c.model_crc32c, c.offset),
+            (cfg.model_size, cfg.model_crc32c, at)
+        );
+        file.extend(bytes);
+    }
+    assert_eq!(file, small_model("a").to_bytes());
+    assert!(file.len() > 2 * STEP as usize, "more than two chunks");
+    assert_eq!(nn_core::model::crc32c(&file), cfg.model_crc32c);
+    assert_eq!(
+        env.stats.summary().queues[0].ok,
+        file.len().div_ceil(STEP as usize) as u64
+    );
+
+    // Half of a fetch, then a swap: the next chunk says the model changed.
+    let (h, _) = env.get_model(0, 0, STEP);
+    assert_eq!(h.generation, 1);
+    let other = {
+        use nn_core::fixed::ONE;
+        use nn_core::{Activation, Layer, Mlp};
+        let l = Layer::new(3, 4, vec![ONE; 12], vec![1, 2, 3, 4], Activation::Relu).unwrap();
+        Model::new(Mlp::new(vec![l]).unwrap(), "b")
+    };
+    assert_eq!(env.device.swap(other.clone(), "b".into()), 2);
+    let (h, chunk) = env.get_model(1, STEP, STEP);
+    assert_eq!(
+        (h.status, h.generation),
+        (protocol::STATUS_MODEL_CHANGED, 2)
+    );
+    assert!(chunk.is_none());
+    let cfg2 = env.config();
+    let want = other.to_bytes();
+    assert_eq!(
+        (cfg2.generation, cfg2.model_size, cfg2.model_crc32c),
+        (2, want.len() as u32, nn_core::model::crc32c(&want))
+    );
+    let mut file = Vec::new();
+    while file.len() < cfg2.model_size as usize {
+        let (h, chunk) = env.get_model(2, file.len() as u32, STEP);
+        assert_eq!((h.status, h.generation), (STATUS_OK, 2));
+        file.extend(chunk.unwrap().1);
+    }
+    assert_eq!(file, want);
 }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nn_core::import::onnx::{export, float_layers};
-use nn_core::{fixed, Kernel, Mlp, Model, Scratch};
+use nn_core::{quant, Kernel, Mlp, Model, Scratch};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -118,18 +118,18 @@ fn bench_model(
         let mut rng = Rng(42 + batch as u64);
         let xq: Vec<i32> = (0..batch * ind)
             .map(|_| match inputs {
-                Inputs::Fractional => fixed::from_f64(rng.uniform(2.0).abs()).unwrap(),
+                Inputs::Fractional => quant::from_f64(rng.uniform(2.0).abs()).unwrap(),
                 Inputs::Whole => ((rng.next() % 65) as i32) << 16,
             })
             .collect();
-        let xf: Vec<f32> = xq.iter().map(|&v| fixed::to_f64(v) as f32).collect();
+        let xf: Vec<f32> = xq.iter().map(|&v| quant::to_f64(v) as f32).collect();
         let mut reference = vec![0; batch * outd];
         mlp.clone().with_kernel(Kernel::Scalar)?.predict_batch(
             &xq,
             &mut reference,
             &mut Scratch::default(),
         )?;
-        let reference: Vec<f64> = reference.iter().map(|&v| fixed::to_f64(v)).collect();
+        let reference: Vec<f64> = reference.iter().map(|&v| quant::to_f64(v)).collect();
         let mut push = |engine: String, rate: f64| {
             println!(
                 "  {name:<18} batch {batch:>4}  {engine:<22} {rate:>14.0} samples/s  {:>10.1} ns/sample",

@@ -14,9 +14,9 @@
 use std::string::{String, ToString};
 use std::vec::Vec;
 
-use crate::fixed;
 use crate::mlp::{Activation, Layer, Mlp, ShapeError};
 use crate::protocol::{MAX_DIM, MAX_LAYERS};
+use crate::{fixed, quant};
 
 pub mod onnx;
 pub mod safetensors;
@@ -213,12 +213,12 @@ fn quantize_tensor(
         .iter()
         .enumerate()
         .map(|(index, &value)| {
-            let q = fixed::from_f64(value).ok_or_else(|| ImportError::OutOfRange {
+            let q = quant::from_f64(value).ok_or_else(|| ImportError::OutOfRange {
                 tensor: tensor.to_string(),
                 index,
                 value,
             })?;
-            let err = (fixed::to_f64(q) - value).abs();
+            let err = (quant::to_f64(q) - value).abs();
             report.values += 1;
             if err > report.max_abs_error || report.tensor.is_empty() {
                 *report = QuantReport {

@@ -647,9 +647,9 @@ pub fn float_layers(mlp: &Mlp) -> Vec<FloatLayer> {
             weight: l
                 .weights()
                 .iter()
-                .map(|&v| crate::fixed::to_f64(v))
+                .map(|&v| crate::quant::to_f64(v))
                 .collect(),
-            bias: l.bias().iter().map(|&v| crate::fixed::to_f64(v)).collect(),
+            bias: l.bias().iter().map(|&v| crate::quant::to_f64(v)).collect(),
             activation: l.activation(),
         })
         .collect()
