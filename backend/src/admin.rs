@@ -235,6 +235,9 @@ fn model_json(served: &crate::device::Served) -> Value {
         "dims": model.mlp.dims(),
         "checksum": format!("crc32c:{:08x}", model.checksum),
         "path": served.source.display().to_string(),
+        // The file GET_MODEL serves, as config space describes it.
+        "file_size": served.file_size(),
+        "file_crc32c": format!("crc32c:{:08x}", served.file_crc32c()),
     })
 }
 
@@ -808,6 +811,12 @@ mod tests {
         assert_eq!(st["ok"], true);
         assert_eq!(st["generation"], 1);
         assert_eq!(st["model"]["dims"], json!([3, 2]));
+        let file = model(3).to_bytes();
+        assert_eq!(st["model"]["file_size"], json!(file.len()));
+        assert_eq!(
+            st["model"]["file_crc32c"],
+            json!(format!("crc32c:{:08x}", nn_core::model::crc32c(&file)))
+        );
         // Health: no frontend yet, then one (what the serve loop records).
         let h = a.handle_line(r#"{"cmd":"health"}"#);
         assert_eq!(

@@ -22,8 +22,10 @@
 //! model. It needs only `core`: no allocation, no `std`, no floats, no
 //! `unsafe`, and it never panics on any input (no indexing; sizes use
 //! checked arithmetic). The CRC-32C is the caller's: the host passes
-//! `nn_core::model::crc32c`, the kernel its `crc32c()` (with the seed and
-//! final inversion of the standard CRC-32C: `~crc32c(~0, data, len)`).
+//! `nn_core::model::crc32c` (the `crc` crate), the kernel [`Crc32c::of`]
+//! (software, here) or, where `CONFIG_CRC32C` is built, its `crc32c()`
+//! (with the seed and final inversion of the standard CRC-32C:
+//! `~crc32c(~0, data, len)`).
 
 #![deny(
     clippy::indexing_slicing,
@@ -321,6 +323,74 @@ fn parse_checksum(v: &[u8]) -> Option<u32> {
 /// The bytes a tensor of `values` i32 takes (`None` on overflow).
 fn bytes_of(values: usize) -> Option<usize> {
     values.checked_mul(4)
+}
+
+/// A CRC-32C (Castagnoli) computed in software, for a side that has no
+/// other (the guest kernel's `crc32c()` needs `CONFIG_CRC32C`, which a
+/// minimal kernel lacks): the standard CRC-32C (reflected polynomial
+/// 0x82F63B78, initial value and final XOR all ones), byte at a time from a
+/// table, over data given in any number of pieces. The host uses the `crc`
+/// crate (`nn_core::model::crc32c`); nn-core's tests check the two agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crc32c(u32);
+
+/// The CRC-32C of each byte value.
+const CRC32C_TABLE: [u32; 256] = crc32c_table();
+
+// A compile-time loop over the 256 entries: the index stays below the
+// table's length and the counters cannot overflow.
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
+const fn crc32c_table() -> [u32; 256] {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+}
+
+impl Default for Crc32c {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Crc32c {
+    /// The CRC of no bytes so far.
+    pub const fn new() -> Self {
+        Self(!0)
+    }
+
+    /// Adds `bytes` to the data.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |c, &b| {
+            let i = usize::from(c.to_le_bytes()[0] ^ b);
+            (c >> 8) ^ CRC32C_TABLE.get(i).copied().unwrap_or(0)
+        });
+    }
+
+    /// The CRC-32C of the data so far.
+    pub const fn value(&self) -> u32 {
+        !self.0
+    }
+
+    /// The CRC-32C of `bytes`.
+    pub fn of(bytes: &[u8]) -> u32 {
+        let mut c = Self::new();
+        c.update(bytes);
+        c.value()
+    }
 }
 
 /// Reads a canonical model file (see the module documentation) into

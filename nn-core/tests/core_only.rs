@@ -185,6 +185,31 @@ proptest! {
     }
 }
 
+proptest! {
+    /// The software CRC-32C the guest can use is the `crc` crate's, over
+    /// data given whole or in two pieces.
+    #[test]
+    fn the_core_crc32c_is_the_crc_crates(
+        data in prop::collection::vec(any::<u8>(), 0..2000),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        prop_assert_eq!(model_view::Crc32c::of(&data), crc32c(&data));
+        let (a, b) = data.split_at(cut.index(data.len() + 1));
+        let mut c = model_view::Crc32c::new();
+        c.update(a);
+        c.update(b);
+        prop_assert_eq!(c.value(), crc32c(&data));
+    }
+}
+
+#[test]
+fn the_core_crc32c_check_value() {
+    assert_eq!(model_view::Crc32c::of(b"123456789"), 0xe306_9283);
+    assert_eq!(model_view::Crc32c::of(&[]), 0);
+    let bytes = small();
+    assert!(model_view::parse(&bytes, model_view::Crc32c::of).is_ok());
+}
+
 fn small() -> Vec<u8> {
     random_model(&[3, 4, 2], 7).to_bytes()
 }

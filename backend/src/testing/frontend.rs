@@ -38,7 +38,8 @@ use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nn_core::protocol::{
-    self, DeviceConfig, Event, RequestHeader, ResponseHeader, CONFIG_SIZE, OP_NULL, OP_PREDICT,
+    self, DeviceConfig, Event, ModelChunk, ModelRequest, RequestHeader, ResponseHeader,
+    CONFIG_SIZE, OP_GET_MODEL, OP_NULL, OP_PREDICT,
 };
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -153,9 +154,16 @@ pub struct Response {
     pub header: Option<ResponseHeader>,
     /// The output values (`num_samples * out_dim` of them on success).
     pub outputs: Vec<i32>,
+    /// Every byte written after the response header (a `GET_MODEL`
+    /// answer's chunk header and bytes).
+    pub payload: Vec<u8>,
     /// The request's id as sent.
     pub request_id: u64,
 }
+
+/// A `GET_MODEL` answer: the response header and, on success, the chunk
+/// header and the chunk's bytes.
+pub type ModelAnswer = (ResponseHeader, Option<(ModelChunk, Vec<u8>)>);
 
 /// Connection options.
 #[derive(Clone, Debug)]
@@ -1009,11 +1017,13 @@ impl Frontend {
             outputs = vec![0; n];
             protocol::decode_values(&bytes[ResponseHeader::SIZE..], &mut outputs);
         }
+        let payload = bytes.get(ResponseHeader::SIZE..).unwrap_or(&[]).to_vec();
         Ok(Response {
             head,
             used_len: used.len,
             header,
             outputs,
+            payload,
             request_id: f.request_id,
         })
     }
@@ -1056,6 +1066,60 @@ impl Frontend {
     ) -> io::Result<(ResponseHeader, Vec<i32>)> {
         let out_dim = self.config()?.output_dim() as usize;
         self.predict_dims(queue, 0x5eed_0000 + u64::from(n), inputs, n, out_dim)
+    }
+
+    /// One `GET_MODEL` request on `queue` for `length` bytes at `offset` of
+    /// `generation` (0: the one served), with room for them; returns the
+    /// response header and, on success, the chunk header and its bytes.
+    pub fn get_model(
+        &self,
+        queue: usize,
+        generation: u32,
+        offset: u32,
+        length: u32,
+    ) -> io::Result<ModelAnswer> {
+        let hdr = RequestHeader {
+            opcode: OP_GET_MODEL,
+            flags: 0,
+            id: 0x6d6f_6465_6c00 + u64::from(offset),
+            num_samples: 0,
+            in_dim: 0,
+        };
+        // The request body as the four little-endian words `start` sends.
+        let body = ModelRequest {
+            generation,
+            offset,
+            length,
+            reserved: 0,
+        }
+        .to_bytes();
+        let words: Vec<i32> = body
+            .chunks_exact(4)
+            .map(|w| i32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+            .collect();
+        let room = (ModelChunk::SIZE + length as usize).div_ceil(4);
+        self.start(queue, &hdr, &words, room)?;
+        let r = self.next_response(queue, TIMEOUT)?;
+        let h = r
+            .header
+            .ok_or_else(|| io::Error::other("no response header written"))?;
+        if h.status != protocol::STATUS_OK {
+            return Ok((h, None));
+        }
+        let chunk = r
+            .payload
+            .get(..ModelChunk::SIZE)
+            .map(|c| ModelChunk::from_bytes(c.try_into().expect("16 bytes")))
+            .ok_or_else(|| io::Error::other("no chunk header written"))?;
+        let bytes = r.payload[ModelChunk::SIZE..].to_vec();
+        if bytes.len() != chunk.length as usize {
+            return Err(io::Error::other(format!(
+                "chunk header says {} bytes, {} were written",
+                chunk.length,
+                bytes.len()
+            )));
+        }
+        Ok((h, Some((chunk, bytes))))
     }
 
     /// One OP_NULL request of `n` samples of `in_dim` zeros.
