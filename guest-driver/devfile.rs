@@ -10,7 +10,10 @@
 //! returns the byte count; partial reads follow the file position, and a
 //! write resets it to 0. The null request (`NNRN`) makes the same round trip
 //! without inference (the device reads the inputs and answers with a header
-//! only); it is not counted in `performance`.
+//! only); it is not counted in `performance`. When the device cannot
+//! answer a prediction, the CPU fallback does ([`crate::fallback`]): the
+//! answer's magic is then `NNRF`; a request with the magic `NNRD` is never
+//! answered by it.
 //!
 //! Errors of a write (nothing changes on error): `EINVAL` for a short
 //! write, a wrong magic, `num_samples` 0 or above the device's max batch,
@@ -31,7 +34,7 @@
 
 use crate::bind::{sys, user};
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
-use crate::predict::CachePolicy;
+use crate::predict::{CachePolicy, Fallback};
 use crate::request::Deadline;
 use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::bindings::{self, loff_t};
@@ -82,26 +85,39 @@ pub(crate) fn write(df: &DevFile, data: UserSliceReader, pos: &mut loff_t) -> Re
     }
     drop(req);
     let deadline = Deadline::after_ms_or_default(r.timeout_ms);
-    let (outputs, generation) = match r.kind {
-        Kind::Predict => crate::predict::run_with_generation(
+    let predict = |fallback| {
+        crate::predict::run_with_generation(
             &inputs,
             num_samples,
             None,
             &deadline,
             CachePolicy::Bypass,
-        )?,
-        Kind::Null => (
-            KVec::new(),
-            crate::predict::null(&inputs, num_samples, &deadline)?,
-        ),
+            fallback,
+        )
+    };
+    let answer = match r.kind {
+        Kind::Predict => predict(Fallback::Allow)?,
+        Kind::PredictDeviceOnly => predict(Fallback::Deny)?,
+        Kind::Null => crate::predict::Answer {
+            outputs: KVec::new(),
+            generation: crate::predict::null(&inputs, num_samples, &deadline)?,
+            fallback: false,
+        },
     };
     let header = Response {
         num_samples: r.num_samples,
-        out_dim: (outputs.len() / num_samples) as u32,
-        generation,
+        out_dim: (answer.outputs.len() / num_samples) as u32,
+        generation: answer.generation,
     };
-    let mut answer = KVec::with_capacity(header.read_len(), GFP_KERNEL_ACCOUNT)?;
-    answer.extend_from_slice(&header.header(), GFP_KERNEL_ACCOUNT)?;
+    let header = if answer.fallback {
+        header.fallback_header()
+    } else {
+        header.header()
+    };
+    let outputs = answer.outputs;
+    let len = dev_abi::HEADER_LEN + outputs.len() * 4;
+    let mut answer = KVec::with_capacity(len, GFP_KERNEL_ACCOUNT)?;
+    answer.extend_from_slice(&header, GFP_KERNEL_ACCOUNT)?;
     for v in outputs.iter() {
         answer.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
     }

@@ -407,6 +407,69 @@ impl NnDevice {
         }
     }
 
+    /// One `GET_MODEL` round trip for the chunk `model` names, waiting until
+    /// `deadline` at most. On success (status `STATUS_OK`) the chunk's bytes
+    /// are appended to `dest`. Returns the response status, the generation
+    /// that answered and the chunk header (default unless the status is
+    /// `STATUS_OK`). `EIO` for an answer that is not one to this request.
+    pub(crate) fn get_model_chunk(
+        &self,
+        model: &protocol::ModelRequest,
+        dest: &mut KVVec<u8>,
+        deadline: &Deadline,
+    ) -> Result<(u32, u32, protocol::ModelChunk)> {
+        if self.gone.load(Ordering::Acquire) {
+            return Err(ENODEV);
+        }
+        let uid = crate::bind::sys::current_euid();
+        self.orphans.check(uid)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = Request::new_get_model(id, model)?;
+        self.submit(&req, deadline)?;
+        let done = match req.wait(deadline) {
+            Ok(done) => done,
+            Err(e) => {
+                // SAFETY: As in `predict`: `req` was submitted and the
+                // counters belong to this device.
+                unsafe { req.orphan(self.orphans.charge(uid)) };
+                return Err(e);
+            }
+        };
+        self.unresponsive.store(false, Ordering::Relaxed);
+        let resp = done.response();
+        let header = resp
+            .first_chunk::<{ ResponseHeader::SIZE }>()
+            .map(ResponseHeader::from_bytes)
+            .ok_or(EIO)?;
+        if header.id != id {
+            return Err(EIO);
+        }
+        if header.status != protocol::STATUS_OK {
+            return Ok((header.status, header.generation, Default::default()));
+        }
+        let chunk_end = ResponseHeader::SIZE + protocol::ModelChunk::SIZE;
+        let chunk = resp
+            .get(ResponseHeader::SIZE..chunk_end)
+            .and_then(|b| b.try_into().ok())
+            .map(protocol::ModelChunk::from_bytes)
+            .ok_or(EIO)?;
+        if chunk.offset != model.offset || chunk.length > model.length {
+            return Err(EIO);
+        }
+        let bytes = chunk_end
+            .checked_add(chunk.length as usize)
+            .and_then(|end| resp.get(chunk_end..end))
+            .ok_or(EIO)?;
+        dest.extend_from_slice(bytes, GFP_KERNEL)?;
+        Ok((header.status, header.generation, chunk))
+    }
+
+    /// Marks the cached config stale: the next prediction or `model_info`
+    /// reads it again (unless the device is unresponsive).
+    pub(crate) fn mark_config_stale(&self) {
+        self.config_stale.store(true, Ordering::Relaxed);
+    }
+
     /// The config space, read again if it may have changed (see
     /// [`Self::refresh`]; with `recheck`, also if its generation field
     /// changed, unless the device is unresponsive). Fails with `ENODEV` if
@@ -441,10 +504,13 @@ impl NnDevice {
     }
 
     /// The request queue of the calling CPU.
-    fn my_queue(&self) -> &ReqQueue {
-        // A stale CPU number (preemption) only picks another queue.
+    fn my_queue(&self) -> Option<&ReqQueue> {
+        // A stale CPU number (preemption) only picks another queue. Probe
+        // makes at least one queue; `checked_rem` and `get` leave no panic
+        // path.
         let cpu = crate::bind::sys::cpu() as usize;
-        &self.queues[cpu % self.queues.len()]
+        let i = cpu.checked_rem(self.queues.len())?;
+        self.queues.get(i).map(|q| &**q)
     }
 
     /// Puts `req` on the calling CPU's request queue and notifies the
@@ -457,7 +523,7 @@ impl NnDevice {
     /// section keeps the virtqueue alive until then (`teardown` waits for a
     /// grace period before it deletes the queues).
     fn submit(&self, req: &Arc<Request>, deadline: &Deadline) -> Result {
-        let q = self.my_queue();
+        let q = self.my_queue().ok_or(ENODEV)?;
         loop {
             // The deadline first: a call whose time is up queues nothing.
             let left = deadline.left();
@@ -661,6 +727,8 @@ impl NnDevice {
             }
         }
         if any {
+            // An answer, late ones included: the device is alive again.
+            self.unresponsive.store(false, Ordering::Relaxed);
             q.notify_space();
         }
     }
@@ -771,6 +839,8 @@ fn read_config(vdev: *mut bindings::virtio_device, index: u32) -> Result<DeviceC
                 c.dims[i] = cread(vdev, cfg::DIMS + 4 * i);
             }
         }
+        c.model_size = cread(vdev, cfg::MODEL_SIZE);
+        c.model_crc32c = cread(vdev, cfg::MODEL_CRC32C);
         if cread(vdev, cfg::GENERATION) != c.generation {
             continue;
         }

@@ -20,7 +20,9 @@
 
 use crate::bind::sys;
 use crate::glue;
-use crate::protocol::{RequestHeader, ResponseHeader, OP_NULL, OP_PREDICT};
+use crate::protocol::{
+    ModelChunk, ModelRequest, RequestHeader, ResponseHeader, OP_GET_MODEL, OP_NULL, OP_PREDICT,
+};
 use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
@@ -184,6 +186,32 @@ impl Request {
             buf.extend_from_slice(&v.to_le_bytes(), GFP_KERNEL_ACCOUNT)?;
         }
         buf.extend_with(writable_len, 0, GFP_KERNEL_ACCOUNT)?;
+        Self::from_buf(id, buf, readable_len)
+    }
+
+    /// Creates an `OP_GET_MODEL` request for the chunk `model` names; the
+    /// answer has room for the [`ModelChunk`] header and `model.length`
+    /// bytes.
+    pub(crate) fn new_get_model(id: u64, model: &ModelRequest) -> Result<Arc<Self>> {
+        let header = RequestHeader {
+            opcode: OP_GET_MODEL,
+            flags: 0,
+            id,
+            num_samples: 0,
+            in_dim: 0,
+        };
+        let readable_len = RequestHeader::SIZE + ModelRequest::SIZE;
+        let writable_len = ResponseHeader::SIZE + ModelChunk::SIZE + model.length as usize;
+        let mut buf = KVec::with_capacity(readable_len + writable_len, GFP_KERNEL_ACCOUNT)?;
+        buf.extend_from_slice(&header.to_bytes(), GFP_KERNEL_ACCOUNT)?;
+        buf.extend_from_slice(&model.to_bytes(), GFP_KERNEL_ACCOUNT)?;
+        buf.extend_with(writable_len, 0, GFP_KERNEL_ACCOUNT)?;
+        Self::from_buf(id, buf, readable_len)
+    }
+
+    /// The request of `buf`: `readable_len` device-readable bytes, then the
+    /// device-writable part.
+    fn from_buf(id: u64, buf: KVec<u8>, readable_len: usize) -> Result<Arc<Self>> {
         let (ptr, len, cap) = buf.into_raw_parts();
         // SAFETY: `ptr`, `len` and `cap` come from `into_raw_parts` of a
         // `KVec` of the same allocator, and `Opaque<u8>` has the layout of

@@ -22,6 +22,7 @@
 //! latency_p90_us: 1024
 //! latency_p99_us: 2048
 //! resends: 0
+//! fallback_answers: 0
 //! ```
 //!
 //! The first three lines are the seed's, spelled as it spells them; the
@@ -33,7 +34,9 @@
 //! latencies are those of successful requests; the percentiles are upper
 //! bounds of their histogram bucket (powers of two). `resends` counts
 //! requests sent again because a model of another output width, swapped in
-//! after the request was built, answered them. The values are reset
+//! after the request was built, answered them. `fallback_answers` counts
+//! calls answered by the CPU fallback ([`crate::fallback`]; they count in
+//! `Predictions` too). The values are reset
 //! when the module is loaded.
 
 use core::fmt::{self, Write};
@@ -53,6 +56,7 @@ pub(crate) struct Stats {
     cache_misses: AtomicU64,
     cache_fallbacks: AtomicU64,
     resends: AtomicU64,
+    fallback_answers: AtomicU64,
     lat_sum_ns: AtomicU64,
     lat_min_ns: AtomicU64,
     lat_max_ns: AtomicU64,
@@ -73,6 +77,7 @@ impl Stats {
             cache_misses: AtomicU64::new(0),
             cache_fallbacks: AtomicU64::new(0),
             resends: AtomicU64::new(0),
+            fallback_answers: AtomicU64::new(0),
             lat_sum_ns: AtomicU64::new(0),
             lat_min_ns: AtomicU64::new(u64::MAX),
             lat_max_ns: AtomicU64::new(0),
@@ -117,6 +122,11 @@ impl Stats {
         self.resends.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a call answered by the CPU fallback.
+    pub(crate) fn fallback_answer(&self) {
+        self.fallback_answers.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The `p`-th percentile (upper bound of its bucket, µs), 0 if empty.
     fn percentile(&self, counts: &[u64; BUCKETS], total: u64, p: u64) -> u64 {
         if total == 0 {
@@ -148,7 +158,8 @@ impl Stats {
             w,
             "Cache hits: {}\nCache misses: {}\nErrors: {}\nrequests: {}\nsamples: {}\ntimeouts: {}\n\
              cache_fallbacks: {}\ncache_entries: {}\nlatency_min_us: {}\nlatency_avg_us: {}\nlatency_max_us: {}\n\
-             latency_p50_us: {}\nlatency_p90_us: {}\nlatency_p99_us: {}\nresends: {}\n",
+             latency_p50_us: {}\nlatency_p90_us: {}\nlatency_p99_us: {}\nresends: {}\n\
+             fallback_answers: {}\n",
             r(&self.cache_hits),
             r(&self.cache_misses),
             r(&self.errors),
@@ -164,6 +175,7 @@ impl Stats {
             self.percentile(&counts, total, 90),
             self.percentile(&counts, total, 99),
             r(&self.resends),
+            r(&self.fallback_answers),
         )
     }
 }

@@ -77,6 +77,8 @@ fn probe(vdev: *mut bindings::virtio_device) -> Result {
             dev.num_queues(),
             if event_vq.is_some() { ", events" } else { "" }
         );
+        // The CPU fallback's copy of this device's model.
+        crate::bind::sys::schedule_model_fetch();
         return Ok(());
     }
     // Another device won a race with this probe.
@@ -213,5 +215,7 @@ pub(crate) extern "C" fn virtio_nn_event_done(vq: *mut bindings::virtqueue) {
     let dev = unsafe { ArcBorrow::<NnDevice>::from_raw(p.cast()) };
     if dev.events.done(vq) {
         dev.config_stale.store(true, Ordering::Relaxed);
+        // A new generation: fetch its copy for the CPU fallback.
+        crate::bind::sys::schedule_model_fetch();
     }
 }
