@@ -156,6 +156,16 @@ impl ModelCopy {
     }
 }
 
+/// The next fetch reads the file even if the copy is of it already.
+static FORCE: AtomicBool = AtomicBool::new(false);
+
+/// Fetches the model again, whatever the copy holds (the device keeps
+/// failing: the reload of [`crate::predict`]).
+pub(crate) fn reload() {
+    FORCE.store(true, Ordering::Relaxed);
+    sys::schedule_model_fetch();
+}
+
 /// A device answered with `generation`: asks for a fetch (at most once a
 /// second) if the last one did not complete or the copy is of another
 /// generation.
@@ -220,6 +230,7 @@ pub(crate) extern "C" fn virtio_nn_model_fetch_run() {
                 Ok(copy) => {
                     globals.set_model_copy(Some(copy));
                     WANTED.store(false, Ordering::Relaxed);
+                    REFUSED.store(0, Ordering::Relaxed);
                 }
                 Err(_) => pr_warn!("CPU fallback: no memory for the copy\n"),
             }
@@ -248,6 +259,7 @@ fn same_file(copy: &ModelCopy, cfg: &DeviceConfig) -> bool {
 /// copy). Starts again on `MODEL_CHANGED`.
 fn fetch(dev: &NnDevice, mut cfg: DeviceConfig, cap: u32) -> Result<Option<ModelCopy>> {
     let globals = crate::globals()?;
+    let force = FORCE.swap(false, Ordering::Relaxed);
     for _ in 0..RESTARTS {
         if cfg.status != protocol::DEVICE_STATUS_READY
             || cfg.model_size == 0
@@ -255,9 +267,6 @@ fn fetch(dev: &NnDevice, mut cfg: DeviceConfig, cap: u32) -> Result<Option<Model
         {
             // No model, an error (the copy keeps answering for it), or a
             // device without the file's size in config space.
-            return Ok(None);
-        }
-        if globals.model_copy().is_some_and(|c| same_file(&c, &cfg)) {
             return Ok(None);
         }
         if cfg.model_size > cap {
@@ -271,6 +280,9 @@ fn fetch(dev: &NnDevice, mut cfg: DeviceConfig, cap: u32) -> Result<Option<Model
                 );
             }
             globals.set_model_copy(None);
+            return Ok(None);
+        }
+        if !force && globals.model_copy().is_some_and(|c| same_file(&c, &cfg)) {
             return Ok(None);
         }
         if let Some(copy) = fetch_generation(dev, &cfg)? {

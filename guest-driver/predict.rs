@@ -9,7 +9,7 @@ pub(crate) use crate::fallback::Fallback;
 use crate::protocol::DeviceConfig;
 use crate::request::{etimedout, Deadline, Op};
 use crate::stats::STATS;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use kernel::bindings;
 use kernel::prelude::*;
 use kernel::time::Ktime;
@@ -139,7 +139,24 @@ pub(crate) fn run_with_generation(
         return fall_back(etimedout(), inputs, num_samples, expect);
     }
     let start = Ktime::ktime_get();
-    let result = device.predict(Op::Predict, inputs, num_samples, expect, deadline);
+    let mut result = device.predict(Op::Predict, inputs, num_samples, expect, deadline);
+    if result
+        .as_ref()
+        .is_err_and(|e| e.to_errno() == ENOMEM.to_errno())
+    {
+        // No memory for the request or on the ring: free the result cache
+        // and try once more.
+        let freed = globals.cache.shrink(crate::cache::CACHE_ENTRIES);
+        STATS.enomem_retry();
+        if crate::bind::sys::ratelimit() {
+            pr_warn!(
+                "out of memory for a request: result cache shrunk ({} entries), trying again\n",
+                freed
+            );
+        }
+        result = device.predict(Op::Predict, inputs, num_samples, expect, deadline);
+    }
+    note_device_error(&device, &result);
     let ns = (Ktime::ktime_get() - start).to_ns();
     match result {
         Ok((outputs, generation)) => {
@@ -180,6 +197,53 @@ pub(crate) fn run_with_generation(
             }
             Err(e)
         }
+    }
+}
+
+/// Device requests that failed with `EIO` (status `ERROR`, `DEVICE_ERROR`,
+/// an invalid answer) in a row.
+static DEVICE_ERRORS: AtomicU32 = AtomicU32::new(0);
+
+/// When the driver last reloaded after device errors (`ktime_get()`, ns).
+static LAST_RELOAD_NS: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// Device errors in a row that make the driver reload.
+const RELOAD_AFTER_ERRORS: u32 = 3;
+
+/// Least time between two reloads, in ns.
+const RELOAD_INTERVAL_NS: i64 = 10_000_000_000;
+
+/// Counts the device's errors in a row; after [`RELOAD_AFTER_ERRORS`] the
+/// driver reloads (the design's answer to a device that keeps failing): it
+/// reads config space again and fetches the model copy again, at most once
+/// every 10 s, counted as `reloads` and logged.
+fn note_device_error(device: &crate::device::NnDevice, result: &Result<(KVec<i32>, u32)>) {
+    match result {
+        Ok(_) => DEVICE_ERRORS.store(0, Ordering::Relaxed),
+        Err(e) if e.to_errno() == EIO.to_errno() => {
+            let n = DEVICE_ERRORS.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            if n < RELOAD_AFTER_ERRORS {
+                return;
+            }
+            let now = Ktime::ktime_get().to_ns();
+            let last = LAST_RELOAD_NS.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < RELOAD_INTERVAL_NS
+                || LAST_RELOAD_NS
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                return;
+            }
+            DEVICE_ERRORS.store(0, Ordering::Relaxed);
+            STATS.reload();
+            pr_warn!(
+                "{} device errors in a row: reading config space and fetching the model again\n",
+                n
+            );
+            device.mark_config_stale();
+            crate::model_copy::reload();
+        }
+        Err(_) => {}
     }
 }
 

@@ -5,8 +5,8 @@
  * Everything here is what Rust cannot express in a Linux 6.12 out-of-tree
  * module: static tables that the kernel keeps pointers to (the virtio id
  * table and driver, the proc_ops, the sysfs attribute group, the misc
- * device, the shrinker, the health check's delayed work, the module
- * parameters), the EXPORT_SYMBOL_GPLs of the kernel API (include/
+ * device, the shrinker, the health check's delayed work, the model copy's
+ * fetch work, the module parameters), the EXPORT_SYMBOL_GPLs of the kernel API (include/
  * neural_api.h, implemented in api.rs) and wrappers around static inline
  * functions and macros. All
  * logic lives in the Rust crate (virtio_nn_main.rs and its submodules); the
