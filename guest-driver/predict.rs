@@ -221,7 +221,9 @@ fn note_device_error(device: &crate::device::NnDevice, result: &Result<(KVec<i32
     match result {
         Ok(_) => DEVICE_ERRORS.store(0, Ordering::Relaxed),
         Err(e) if e.to_errno() == EIO.to_errno() => {
-            let n = DEVICE_ERRORS.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+            let n = DEVICE_ERRORS
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
             if n < RELOAD_AFTER_ERRORS {
                 return;
             }
