@@ -10,6 +10,7 @@
 //! touched again (the late answer lands in the driver's own refcounted
 //! request, which is freed when the device hands it back).
 
+use crate::predict::{CachePolicy, Fallback};
 use crate::protocol::{MAX_BATCH, MAX_DIM};
 use crate::request::Deadline;
 use kernel::prelude::*;
@@ -60,6 +61,47 @@ pub(crate) fn run(
     }
     outputs.copy_from_slice(&answer);
     Ok(())
+}
+
+/// `NEURAL_API_NO_FALLBACK` of `neural_api_predict_ex()`'s flags.
+const NO_FALLBACK: u32 = 1 << 0;
+/// `NEURAL_API_ANSWER_FALLBACK` of its answer flags.
+const ANSWER_FALLBACK: u32 = 1 << 0;
+
+/// The fallback policy of `neural_api_predict_ex()`'s `flags` (`EINVAL`
+/// for unknown bits).
+pub(crate) fn fallback_flags(flags: u32) -> Result<Fallback> {
+    match flags {
+        0 => Ok(Fallback::Allow),
+        NO_FALLBACK => Ok(Fallback::Deny),
+        _ => Err(EINVAL),
+    }
+}
+
+/// [`run`] with a fallback policy; returns the answer flags and the
+/// generation that answered.
+pub(crate) fn run_ex(
+    inputs: &[i32],
+    outputs: &mut [i32],
+    num_samples: usize,
+    (in_size, out_size): (usize, usize),
+    deadline: &Deadline,
+    fallback: Fallback,
+) -> Result<(u32, u32)> {
+    let answer = crate::predict::run_with_generation(
+        inputs,
+        num_samples,
+        Some((in_size, out_size)),
+        deadline,
+        CachePolicy::Use,
+        fallback,
+    )?;
+    if answer.outputs.len() != outputs.len() {
+        return Err(EIO);
+    }
+    outputs.copy_from_slice(&answer.outputs);
+    let flags = if answer.fallback { ANSWER_FALLBACK } else { 0 };
+    Ok((flags, answer.generation))
 }
 
 /// The round trip of a batch without inference.

@@ -13,7 +13,8 @@
 //!   layer calls them.
 //! * [`sys`]: safe wrappers of the glue calls without preconditions (module
 //!   parameters, jiffies, rate limits, credentials) and the registrations
-//!   the module owns (driver, shrinker, health work), undone on drop.
+//!   the module owns (driver, shrinker, health work, the model copy's fetch
+//!   work), undone on drop; the kernel's CRC-32C and `cond_resched`.
 //! * [`irq_lock`], [`seqlock`], [`rcu`]: locking primitives the kernel
 //!   crate of Linux 6.12 lacks.
 //! * [`sync`]: a completion and a wait queue with killable, bounded waits.

@@ -10,7 +10,10 @@
 //! returns the byte count; partial reads follow the file position, and a
 //! write resets it to 0. The null request (`NNRN`) makes the same round trip
 //! without inference (the device reads the inputs and answers with a header
-//! only); it is not counted in `performance`.
+//! only); it is not counted in `performance`. When the device cannot
+//! answer a prediction, the CPU fallback does ([`crate::fallback`]): the
+//! answer's magic is then `NNRF`; a request with the magic `NNRD` is never
+//! answered by it.
 //!
 //! A write's header is read and checked first, alone
 //! ([`Request::parse_header`], sizes in checked arithmetic), with the
@@ -42,7 +45,7 @@
 use crate::bind::kvec::{values_as_bytes, values_as_bytes_mut};
 use crate::bind::{sys, user};
 use crate::dev_abi::{self, Kind, Request, RequestError, Response};
-use crate::predict::CachePolicy;
+use crate::predict::{CachePolicy, Fallback};
 use crate::protocol;
 use crate::request::Deadline;
 use kernel::alloc::flags::{__GFP_NOWARN, GFP_KERNEL_ACCOUNT};
@@ -102,27 +105,42 @@ pub(crate) fn write(df: &DevFile, mut data: UserSliceReader, pos: &mut loff_t) -
         *v = i32::from_le(*v);
     }
     let deadline = Deadline::after_ms_or_default(r.timeout_ms);
-    let (outputs, generation) = match r.kind {
-        Kind::Predict => crate::predict::run_with_generation(
+    let predict = |fallback| {
+        crate::predict::run_with_generation(
             &inputs,
             num_samples,
             None,
             &deadline,
             CachePolicy::Bypass,
-        )?,
-        Kind::Null => (
-            KVVec::new(),
-            crate::predict::null(&inputs, num_samples, &deadline)?,
-        ),
+            fallback,
+        )
+    };
+    let answer = match r.kind {
+        Kind::Predict => predict(Fallback::Allow)?,
+        Kind::PredictDeviceOnly => predict(Fallback::Deny)?,
+        Kind::Null => crate::predict::Answer {
+            outputs: KVVec::new(),
+            generation: crate::predict::null(&inputs, num_samples, &deadline)?,
+            fallback: false,
+        },
     };
     drop(inputs);
     let header = Response {
         num_samples: r.num_samples,
-        out_dim: (outputs.len() / num_samples) as u32,
-        generation,
+        out_dim: (answer.outputs.len() / num_samples) as u32,
+        generation: answer.generation,
     };
-    let mut answer = KVVec::with_capacity(header.read_len(), GFP_KERNEL_ACCOUNT | __GFP_NOWARN)?;
-    answer.extend_from_slice(&header.header(), GFP_KERNEL_ACCOUNT)?;
+    let header = if answer.fallback {
+        header.fallback_header()
+    } else {
+        header.header()
+    };
+    let outputs = answer.outputs;
+    let mut answer = KVVec::with_capacity(
+        dev_abi::HEADER_LEN + outputs.len() * 4,
+        GFP_KERNEL_ACCOUNT | __GFP_NOWARN,
+    )?;
+    answer.extend_from_slice(&header, GFP_KERNEL_ACCOUNT)?;
     if cfg!(target_endian = "little") {
         answer.extend_from_slice(values_as_bytes(&outputs), GFP_KERNEL_ACCOUNT)?;
     } else {

@@ -374,7 +374,7 @@ impl NnDevice {
             }
             let uid = crate::bind::sys::current_euid();
             self.orphans.check(uid)?;
-            let q = self.my_queue();
+            let q = self.my_queue().ok_or(ENODEV)?;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let sent = match q.limits() {
                 Ok(limits) => {
@@ -400,25 +400,7 @@ impl NnDevice {
                     self.wait_thawed(deadline)?;
                     continue;
                 }
-                Err(e) => {
-                    // Counted first: the device may hand it back at any
-                    // moment, and then releases the counts.
-                    let slot = self.orphans.charge(uid);
-                    q.orphans.fetch_add(1, Ordering::Relaxed);
-                    let orphaned = req.orphan(slot);
-                    if !orphaned {
-                        // Handed back meanwhile: not an orphan.
-                        self.orphans.release(slot);
-                        q.orphans.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    if orphaned
-                        && deadline.marks_unresponsive()
-                        && e.to_errno() == etimedout().to_errno()
-                    {
-                        self.unresponsive.store(true, Ordering::Relaxed);
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(self.abandon(q, &req, uid, deadline, e)),
             };
             self.unresponsive.store(false, Ordering::Relaxed);
             match self.check_answer(&done, &cfg, id, num_samples, out_dim)? {
@@ -433,6 +415,91 @@ impl NnDevice {
                 None => return Err(EIO),
             }
         }
+    }
+
+    /// One `GET_MODEL` round trip for the chunk `model` names, waiting until
+    /// `deadline` at most. On success (status `STATUS_OK`) the chunk's bytes
+    /// are appended to `dest`. Returns the response status, the generation
+    /// that answered and the chunk header (default unless the status is
+    /// `STATUS_OK`). `EIO` for an answer that is not one to this request.
+    pub(crate) fn get_model_chunk(
+        &self,
+        model: &protocol::ModelRequest,
+        dest: &mut KVVec<u8>,
+        deadline: &Deadline,
+    ) -> Result<(u32, u32, protocol::ModelChunk)> {
+        if self.gone.load(Ordering::Acquire) {
+            return Err(ENODEV);
+        }
+        let uid = crate::bind::sys::current_euid();
+        self.orphans.check(uid)?;
+        let q = self.my_queue().ok_or(ENODEV)?;
+        // Frozen or going away: the fetch is tried again later.
+        let limits = q.limits().map_err(|_| EAGAIN)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = Request::new_get_model(id, model, &limits)?;
+        self.submit(q, &req, deadline)
+            .map_err(|e| if pm::is_suspended(&e) { EAGAIN } else { e })?;
+        let done = match req.wait(deadline) {
+            Ok(done) => done,
+            Err(e) if pm::is_suspended(&e) => return Err(EAGAIN),
+            Err(e) => return Err(self.abandon(q, &req, uid, deadline, e)),
+        };
+        self.unresponsive.store(false, Ordering::Relaxed);
+        let mut head = [0u8; ResponseHeader::SIZE];
+        done.read_response(0, &mut head)?;
+        let header = ResponseHeader::from_bytes(&head);
+        if header.id != id {
+            return Err(EIO);
+        }
+        if header.status != protocol::STATUS_OK {
+            return Ok((header.status, header.generation, Default::default()));
+        }
+        let mut chunk = [0u8; protocol::ModelChunk::SIZE];
+        done.read_response(ResponseHeader::SIZE, &mut chunk)?;
+        let chunk = protocol::ModelChunk::from_bytes(&chunk);
+        if chunk.offset != model.offset || chunk.length > model.length {
+            return Err(EIO);
+        }
+        let start = dest.len();
+        dest.extend_with(chunk.length as usize, 0, GFP_KERNEL)?;
+        let bytes = dest.get_mut(start..).ok_or(EIO)?;
+        done.read_response(ResponseHeader::SIZE + protocol::ModelChunk::SIZE, bytes)?;
+        Ok((header.status, header.generation, chunk))
+    }
+
+    /// The waiter of `req` (submitted to `q` by `uid`) gives up with `e`:
+    /// the request becomes an orphan unless the device handed it back
+    /// meanwhile; a timeout at least as long as the module's marks the
+    /// device unresponsive. Returns `e`.
+    fn abandon(
+        &self,
+        q: &ReqQueue,
+        req: &Request,
+        uid: u32,
+        deadline: &Deadline,
+        e: Error,
+    ) -> Error {
+        // Counted first: the device may hand it back at any moment, and then
+        // releases the counts.
+        let slot = self.orphans.charge(uid);
+        q.orphans.fetch_add(1, Ordering::Relaxed);
+        let orphaned = req.orphan(slot);
+        if !orphaned {
+            // Handed back meanwhile: not an orphan.
+            self.orphans.release(slot);
+            q.orphans.fetch_sub(1, Ordering::Relaxed);
+        }
+        if orphaned && deadline.marks_unresponsive() && e.to_errno() == etimedout().to_errno() {
+            self.unresponsive.store(true, Ordering::Relaxed);
+        }
+        e
+    }
+
+    /// Marks the cached config stale: the next prediction or `model_info`
+    /// reads it again (unless the device is unresponsive).
+    pub(crate) fn mark_config_stale(&self) {
+        self.config_stale.store(true, Ordering::Relaxed);
     }
 
     /// The config space, read again if it may have changed (see
@@ -467,10 +534,13 @@ impl NnDevice {
     }
 
     /// The request queue of the calling CPU.
-    fn my_queue(&self) -> &ReqQueue {
-        // A stale CPU number (preemption) only picks another queue.
+    fn my_queue(&self) -> Option<&ReqQueue> {
+        // A stale CPU number (preemption) only picks another queue. Probe
+        // makes at least one queue; `checked_rem` and `get` leave no panic
+        // path.
         let cpu = crate::bind::sys::cpu() as usize;
-        &self.queues[cpu % self.queues.len()]
+        let i = cpu.checked_rem(self.queues.len())?;
+        self.queues.get(i).map(|q| &**q)
     }
 
     /// Puts `req` on request queue `q` and notifies the device. Fails with
@@ -627,6 +697,8 @@ impl NnDevice {
             }
         }
         if any {
+            // An answer, late ones included: the device is alive again.
+            self.unresponsive.store(false, Ordering::Relaxed);
             q.notify_space();
         }
     }
@@ -636,6 +708,8 @@ impl NnDevice {
     pub(crate) fn event_done(&self) {
         if self.events.done() {
             self.config_stale.store(true, Ordering::Relaxed);
+            // A new generation: fetch its copy for the CPU fallback.
+            crate::bind::sys::schedule_model_fetch();
         }
     }
 
@@ -760,6 +834,8 @@ fn read_config(vdev: VirtioDevice) -> Result<DeviceConfig> {
                 c.dims[i] = cread(cfg::DIMS + 4 * i);
             }
         }
+        c.model_size = cread(cfg::MODEL_SIZE);
+        c.model_crc32c = cread(cfg::MODEL_CRC32C);
         if cread(cfg::GENERATION) != c.generation {
             continue;
         }

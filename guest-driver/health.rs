@@ -5,7 +5,8 @@
 //! Every `health_interval_ms` (module parameter, default 60000; 0 stops
 //! it, from the next run on) a delayed work item (in the C glue, on
 //! `system_long_wq`: a check may wait up to 5 s) runs a
-//! prediction with all-zero inputs (never answered from the result cache)
+//! prediction with all-zero inputs (never answered from the result cache
+//! or by the CPU fallback)
 //! and reads the device status; writing
 //! anything to `health` runs one check at once. The result goes to `health`
 //! and, when it changes (healthy ↔ failing), to the kernel log:
@@ -25,7 +26,7 @@
 //! is the time of the last check in seconds since boot; `last_result` is 0
 //! or the negative errno of the last check.
 
-use crate::predict::CachePolicy;
+use crate::predict::{CachePolicy, Fallback};
 use crate::request::Deadline;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -72,6 +73,7 @@ fn probe_device() -> i32 {
             None,
             &Deadline::after_ms(ms),
             CachePolicy::Bypass,
+            Fallback::Deny,
         )?;
         Ok(())
     })();

@@ -32,7 +32,10 @@ use crate::bind::kvec::values_as_bytes;
 use crate::bind::sync::{Completion, Wait};
 use crate::bind::sys;
 use crate::bind::virtio::HasBufs;
-use crate::protocol::{RequestHeader, ResponseHeader, MAX_BATCH, MAX_DIM, OP_NULL, OP_PREDICT};
+use crate::protocol::{
+    ModelChunk, ModelRequest, RequestHeader, ResponseHeader, MAX_BATCH, MAX_DIM, OP_GET_MODEL,
+    OP_NULL, OP_PREDICT,
+};
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
 use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::bindings;
@@ -231,6 +234,34 @@ impl Request {
                 bufs.write_readable(RequestHeader::SIZE + 4 * i, &v.to_le_bytes())?;
             }
         }
+        Self::with_bufs(id, bufs)
+    }
+
+    /// Creates an `OP_GET_MODEL` request for the chunk `model` names, for a
+    /// queue of `limits`; the answer has room for the [`ModelChunk`] header
+    /// and `model.length` bytes.
+    pub(crate) fn new_get_model(
+        id: u64,
+        model: &ModelRequest,
+        limits: &QueueLimits,
+    ) -> Result<Arc<Self>> {
+        let header = RequestHeader {
+            opcode: OP_GET_MODEL,
+            flags: 0,
+            id,
+            num_samples: 0,
+            in_dim: 0,
+        };
+        let readable_len = RequestHeader::SIZE + ModelRequest::SIZE;
+        let writable_len = ResponseHeader::SIZE + ModelChunk::SIZE + model.length as usize;
+        let mut bufs = DeviceBufs::new(readable_len, writable_len, limits, GFP_KERNEL_ACCOUNT)?;
+        bufs.write_readable(0, &header.to_bytes())?;
+        bufs.write_readable(RequestHeader::SIZE, &model.to_bytes())?;
+        Self::with_bufs(id, bufs)
+    }
+
+    /// The request of id `id` with the filled buffers `bufs`.
+    fn with_bufs(id: u64, bufs: DeviceBufs) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Self {
                 done <- Completion::new(),

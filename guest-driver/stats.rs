@@ -22,6 +22,9 @@
 //! latency_p90_us: 1024
 //! latency_p99_us: 2048
 //! resends: 0
+//! fallback_answers: 0
+//! enomem_retries: 0
+//! reloads: 0
 //! ```
 //!
 //! The first three lines are the seed's, spelled as it spells them; the
@@ -33,7 +36,12 @@
 //! latencies are those of successful requests; the percentiles are upper
 //! bounds of their histogram bucket (powers of two). `resends` counts
 //! requests sent again because a model of another output width, swapped in
-//! after the request was built, answered them. The values are reset
+//! after the request was built, answered them. `fallback_answers` counts
+//! calls answered by the CPU fallback ([`crate::fallback`]; they count in
+//! `Predictions` too). `enomem_retries` counts requests tried again after
+//! `ENOMEM` with the result cache emptied; `reloads` the times 3 device
+//! errors (`EIO`) in a row made the driver read config space and fetch the
+//! model copy again (at most every 10 s). The values are reset
 //! when the module is loaded.
 
 use core::fmt::{self, Write};
@@ -53,6 +61,9 @@ pub(crate) struct Stats {
     cache_misses: AtomicU64,
     cache_fallbacks: AtomicU64,
     resends: AtomicU64,
+    fallback_answers: AtomicU64,
+    enomem_retries: AtomicU64,
+    reloads: AtomicU64,
     lat_sum_ns: AtomicU64,
     lat_min_ns: AtomicU64,
     lat_max_ns: AtomicU64,
@@ -73,6 +84,9 @@ impl Stats {
             cache_misses: AtomicU64::new(0),
             cache_fallbacks: AtomicU64::new(0),
             resends: AtomicU64::new(0),
+            fallback_answers: AtomicU64::new(0),
+            enomem_retries: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
             lat_sum_ns: AtomicU64::new(0),
             lat_min_ns: AtomicU64::new(u64::MAX),
             lat_max_ns: AtomicU64::new(0),
@@ -117,6 +131,21 @@ impl Stats {
         self.resends.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a call answered by the CPU fallback.
+    pub(crate) fn fallback_answer(&self) {
+        self.fallback_answers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a request tried again after `ENOMEM` (the cache shrunk).
+    pub(crate) fn enomem_retry(&self) {
+        self.enomem_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a reload after device errors in a row.
+    pub(crate) fn reload(&self) {
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The `p`-th percentile (upper bound of its bucket, µs), 0 if empty.
     fn percentile(&self, counts: &[u64; BUCKETS], total: u64, p: u64) -> u64 {
         if total == 0 {
@@ -148,7 +177,8 @@ impl Stats {
             w,
             "Cache hits: {}\nCache misses: {}\nErrors: {}\nrequests: {}\nsamples: {}\ntimeouts: {}\n\
              cache_fallbacks: {}\ncache_entries: {}\nlatency_min_us: {}\nlatency_avg_us: {}\nlatency_max_us: {}\n\
-             latency_p50_us: {}\nlatency_p90_us: {}\nlatency_p99_us: {}\nresends: {}\n",
+             latency_p50_us: {}\nlatency_p90_us: {}\nlatency_p99_us: {}\nresends: {}\n\
+             fallback_answers: {}\nenomem_retries: {}\nreloads: {}\n",
             r(&self.cache_hits),
             r(&self.cache_misses),
             r(&self.errors),
@@ -164,6 +194,9 @@ impl Stats {
             self.percentile(&counts, total, 90),
             self.percentile(&counts, total, 99),
             r(&self.resends),
+            r(&self.fallback_answers),
+            r(&self.enomem_retries),
+            r(&self.reloads),
         )
     }
 }

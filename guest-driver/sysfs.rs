@@ -22,8 +22,11 @@
 //! the device is not unresponsive (then it is read again first, see
 //! `NnDevice::refresh`). `Status` is `active`, `unresponsive` (the last
 //! request got no answer before its deadline — e.g. the daemon died — and
-//! none came since), `no model`, `error` or `no device`; `Predictions` counts the successful predictions since the
-//! module was loaded.
+//! none came since), `no model`, `error`, `no device`, or `fallback` instead
+//! of the last four while the CPU fallback answers for the device (see
+//! [`crate::fallback`]; without a device the other lines then describe its
+//! copy of the model); `Predictions` counts the successful predictions since
+//! the module was loaded.
 
 use crate::device::NnDevice;
 use crate::protocol::{self, DeviceConfig};
@@ -70,21 +73,30 @@ impl Write for SliceWriter<'_> {
     }
 }
 
-/// The status of `dev` with config `cfg` as `model_info` shows it.
+/// The status of `dev` with config `cfg` as `model_info` shows it:
+/// `fallback` while the device does not answer and the CPU fallback does.
 fn status_of(dev: &NnDevice, cfg: &DeviceConfig) -> &'static str {
-    match cfg.status {
+    let status = match cfg.status {
         protocol::DEVICE_STATUS_READY if dev.unresponsive() => "unresponsive",
-        protocol::DEVICE_STATUS_READY => "active",
+        protocol::DEVICE_STATUS_READY => return "active",
         protocol::DEVICE_STATUS_NO_MODEL => "no model",
         _ => "error",
+    };
+    if crate::fallback::available() {
+        "fallback"
+    } else {
+        status
     }
 }
 
-/// The device status as `model_info` shows it, the cached config (default
-/// without a device) and the device.
+/// The device status as `model_info` shows it, the cached config (without
+/// a device the CPU fallback's copy's, or the default) and the device.
 fn device_state() -> Result<(&'static str, DeviceConfig, Option<Arc<NnDevice>>)> {
     let globals = crate::globals()?;
     let Some(dev) = globals.current_device() else {
+        if let (true, Some(copy)) = (crate::fallback::enabled(), globals.model_copy()) {
+            return Ok(("fallback", copy.config(), None));
+        }
         return Ok(("no device", DeviceConfig::default(), None));
     };
     let cfg = dev.model_info().cfg;

@@ -5,8 +5,8 @@
  * Everything here is what Rust cannot express in a Linux 6.12 out-of-tree
  * module: static tables that the kernel keeps pointers to (the virtio id
  * table and driver, the proc_ops, the sysfs attribute group, the misc
- * device, the shrinker, the health check's delayed work, the module
- * parameters), the EXPORT_SYMBOL_GPLs of the kernel API (include/
+ * device, the shrinker, the health check's delayed work, the model copy's
+ * fetch work, the module parameters), the EXPORT_SYMBOL_GPLs of the kernel API (include/
  * neural_api.h, implemented in api.rs) and wrappers around static inline
  * functions and macros. All
  * logic lives in the Rust crate (virtio_nn_main.rs and its submodules); the
@@ -18,6 +18,7 @@
 
 #include <linux/capability.h>
 #include <linux/completion.h>
+#include <linux/crc32.h>
 #include <linux/cred.h>
 #include <linux/err.h>
 #include <linux/jiffies.h>
@@ -147,6 +148,7 @@ EXPORT_SYMBOL_GPL(neural_api_predict_batch);
 EXPORT_SYMBOL_GPL(neural_predict_production);
 EXPORT_SYMBOL_GPL(neural_api_get_info);
 EXPORT_SYMBOL_GPL(neural_api_null);
+EXPORT_SYMBOL_GPL(neural_api_predict_ex);
 
 /* --- virtio driver ----------------------------------------------------- */
 
@@ -576,4 +578,76 @@ int virtio_nn_shrinker_register(void)
 void virtio_nn_shrinker_unregister(void)
 {
 	shrinker_free(virtio_nn_shrinker);
+}
+
+/* --- the CPU fallback's copy of the model (model_copy.rs) -------------- */
+
+/*
+ * The copy is fetched by a work item on system_long_wq (a fetch waits for
+ * the device, chunk by chunk): after probe, after a config-change event,
+ * when fallback_max_bytes is written, and again after a failed fetch once
+ * the device answers. It never runs on a caller's path.
+ */
+static struct work_struct virtio_nn_fetch_work;
+static bool virtio_nn_fetch_ready;
+
+static void virtio_nn_fetch_fn(struct work_struct *work)
+{
+	virtio_nn_model_fetch_run();
+}
+
+/* Queues the fetch (any context); a no-op before start and after stop. */
+void virtio_nn_fetch_schedule(void)
+{
+	if (smp_load_acquire(&virtio_nn_fetch_ready))
+		queue_work(system_long_wq, &virtio_nn_fetch_work);
+}
+
+void virtio_nn_fetch_start(void)
+{
+	INIT_WORK(&virtio_nn_fetch_work, virtio_nn_fetch_fn);
+	smp_store_release(&virtio_nn_fetch_ready, true);
+}
+
+/* Waits for a running fetch; later virtio_nn_fetch_schedule()s do nothing. */
+void virtio_nn_fetch_stop(void)
+{
+	disable_work_sync(&virtio_nn_fetch_work);
+}
+
+static unsigned int fallback_max_bytes = 1 << 20;
+
+static int fallback_max_bytes_set(const char *val,
+				  const struct kernel_param *kp)
+{
+	int ret = param_set_uint(val, kp);
+
+	if (!ret)
+		virtio_nn_fetch_schedule();
+	return ret;
+}
+
+static const struct kernel_param_ops fallback_max_bytes_ops = {
+	.set = fallback_max_bytes_set,
+	.get = param_get_uint,
+};
+module_param_cb(fallback_max_bytes, &fallback_max_bytes_ops,
+		&fallback_max_bytes, 0644);
+MODULE_PARM_DESC(fallback_max_bytes,
+		 "Largest model file copied for the CPU fallback, in bytes (default 1 MiB; 0: no fallback)");
+
+unsigned int virtio_nn_fallback_max_bytes(void)
+{
+	return READ_ONCE(fallback_max_bytes);
+}
+
+/* The standard CRC-32C (Castagnoli) of @len bytes at @buf. */
+u32 virtio_nn_crc32c(const u8 *buf, size_t len)
+{
+	return ~__crc32c_le(~0U, buf, len);
+}
+
+void virtio_nn_cond_resched(void)
+{
+	cond_resched();
 }

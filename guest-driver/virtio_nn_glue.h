@@ -65,6 +65,7 @@ unsigned long virtio_nn_cache_scan(unsigned long nr);
 ssize_t virtio_nn_performance_show(char *buf);
 ssize_t virtio_nn_health_show(char *buf);
 void virtio_nn_health_run(void);
+void virtio_nn_model_fetch_run(void);
 
 /* --- Helpers called from Rust (declared again in glue.rs) -------------- */
 
@@ -116,6 +117,12 @@ int virtio_nn_misc_register(void);
 void virtio_nn_misc_deregister(void);
 bool virtio_nn_dev_allowed(void);
 void virtio_nn_health_stop(void);
+void virtio_nn_fetch_schedule(void);
+void virtio_nn_fetch_start(void);
+void virtio_nn_fetch_stop(void);
+unsigned int virtio_nn_fallback_max_bytes(void);
+u32 virtio_nn_crc32c(const u8 *buf, size_t len);
+void virtio_nn_cond_resched(void);
 extern const struct proc_ops virtio_nn_proc_ops;
 
 #endif /* VIRTIO_NN_GLUE_H */

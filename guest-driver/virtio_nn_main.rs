@@ -24,7 +24,9 @@
 //! fallback answer, default 30000), `dev_mode` and `dev_gid` (who may open
 //! `/dev/neural_network`, see [`devfile`]), `health_interval_ms`
 //! (default 60000), `max_orphans` (abandoned requests in flight per uid
-//! before `EAGAIN`, default 8, see [`orphans`]).
+//! before `EAGAIN`, default 8, see [`orphans`]), `fallback_max_bytes`
+//! (largest model copied for the CPU fallback, default 1 MiB, 0: none; see
+//! [`fallback`]).
 //!
 //! Whose answer a read returns: each open file keeps the answer of its own
 //! last successful write. A read on an open file that made no prediction
@@ -48,11 +50,14 @@
 //! event queue: model change notifications), `request.rs` (the request
 //! object), `predict.rs` (the path every prediction takes), `config_snap.rs`,
 //! `api.rs`, `devfile.rs`, `stats.rs`, `health.rs`, `cache.rs`, `procfs.rs`,
-//! `session.rs`, `orphans.rs`, `sysfs.rs`; [`bind`], the binding layer that
+//! `session.rs`, `orphans.rs`, `sysfs.rs`, `model_copy.rs` (the copy of the
+//! served model), `fallback.rs` (the CPU fallback); [`bind`], the binding layer that
 //! holds all the driver's unchecked code (the C entry points, the C glue's
 //! declarations, the kernel primitives the kernel crate lacks); from
 //! nn-core: `protocol.rs` (the wire protocol), `proc_text.rs` (the /proc
-//! text format), `dev_abi.rs` (the /dev binary layout).
+//! text format), `dev_abi.rs` (the /dev binary layout), `fixed.rs`,
+//! `reference.rs` and `model_view.rs` (the arithmetic, the forward pass and
+//! the model file reader of the CPU fallback).
 
 use bind::global::{Holder, ModuleGlobal};
 use bind::rcu::RcuArc;
@@ -76,6 +81,18 @@ mod proc_text;
 #[allow(clippy::wrong_self_convention, clippy::enum_variant_names)]
 #[path = "../nn-core/src/protocol.rs"]
 mod protocol;
+// The arithmetic the device runs, its scalar forward pass and the reader of
+// the model file it serves (`GET_MODEL`): the CPU fallback answers with
+// them, bit for bit as the device (`model_copy.rs`, `fallback.rs`).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../nn-core/src/fixed.rs"]
+mod fixed;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../nn-core/src/model_view.rs"]
+mod model_view;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../nn-core/src/reference.rs"]
+mod reference;
 
 mod api;
 mod bind;
@@ -84,7 +101,9 @@ mod config_snap;
 mod devfile;
 mod device;
 mod events;
+mod fallback;
 mod health;
+mod model_copy;
 mod orphans;
 mod predict;
 mod procfs;
@@ -124,12 +143,28 @@ pub(crate) struct Globals {
     /// The result cache.
     #[pin]
     pub(crate) cache: cache::Cache,
+    /// The CPU fallback's copy of the model (see [`model_copy`]), published
+    /// for lock-free readers (RCU); replaced by the fetch work only.
+    model_copy: RcuArc<model_copy::ModelCopy>,
 }
 
 impl Globals {
     /// The bound device, if any (lock-free: RCU).
     pub(crate) fn current_device(&self) -> Option<Arc<NnDevice>> {
         self.current.get()
+    }
+
+    /// The CPU fallback's copy of the model, if any (lock-free: RCU).
+    pub(crate) fn model_copy(&self) -> Option<Arc<model_copy::ModelCopy>> {
+        self.model_copy.get()
+    }
+
+    /// Replaces the copy (may sleep: waits for readers of the old one).
+    pub(crate) fn set_model_copy(&self, copy: Option<Arc<model_copy::ModelCopy>>) {
+        match copy {
+            Some(c) => self.model_copy.set(c),
+            None => self.model_copy.clear(),
+        }
     }
 
     /// Whether a device is bound.
@@ -182,6 +217,7 @@ fn hold_globals() -> Result<Holder<Globals>> {
             sessions <- new_mutex!([SessionTable::new(), SessionTable::new()], "virtio_nn_sessions"),
             predictions: AtomicU64::new(0),
             cache <- cache_init,
+            model_copy: RcuArc::new(),
         }),
         GFP_KERNEL,
     )?;
@@ -190,11 +226,13 @@ fn hold_globals() -> Result<Holder<Globals>> {
 
 /// The module. Fields are dropped in order: the health check first
 /// (cancelled, waiting for a running check), the driver (waking every
-/// waiter with `ENODEV`), then the sysfs and proc entries (which wait for
+/// waiter with `ENODEV`), the model copy's fetch work (disabled, waiting for
+/// a running fetch), then the sysfs and proc entries (which wait for
 /// their running callbacks), then the globals.
 struct VirtioNnModule {
     _health: bind::sys::HealthWork,
     _driver: DriverRegistration,
+    _fetch: bind::sys::FetchWork,
     _misc: bind::sys::MiscRegistration,
     _shrinker: bind::sys::ShrinkerRegistration,
     _sysfs: Option<bind::sysfs::SysfsDir>,
@@ -215,10 +253,14 @@ impl kernel::Module for VirtioNnModule {
         };
         let shrinker = bind::sys::ShrinkerRegistration::new()?;
         let misc = bind::sys::MiscRegistration::new()?;
+        // Before the driver, whose probe queues the first fetch; stopped
+        // after it, when no event can queue one any more.
+        let fetch = bind::sys::FetchWork::start();
         let driver = DriverRegistration::new()?;
         Ok(Self {
             _health: bind::sys::HealthWork::start(),
             _driver: driver,
+            _fetch: fetch,
             _misc: misc,
             _shrinker: shrinker,
             _sysfs: sysfs,

@@ -32,6 +32,20 @@ pub(crate) struct NeuralBatchRequest {
     timeout_ms: c_int,
 }
 
+/// `struct neural_predict_ex`.
+#[repr(C)]
+pub(crate) struct NeuralPredictEx {
+    input_data: *const i32,
+    output_data: *mut i32,
+    num_samples: u32,
+    input_size: u32,
+    output_size: u32,
+    timeout_ms: c_int,
+    flags: u32,
+    answer_flags: u32,
+    generation: u32,
+}
+
 /// `struct neural_model_info`.
 #[repr(C)]
 pub(crate) struct NeuralModelInfo {
@@ -121,6 +135,46 @@ pub(crate) extern "C" fn neural_api_predict_batch(req: *mut NeuralBatchRequest) 
             r.timeout_ms,
         )
     })
+}
+
+/// `neural_api_predict_ex()`: `num_samples` samples with flags; writes
+/// the answer's flags and generation.
+#[no_mangle]
+pub(crate) extern "C" fn neural_api_predict_ex(req: *mut NeuralPredictEx) -> c_int {
+    // SAFETY: A non-null `req` is valid for reads and writes (the header's
+    // contract).
+    let Some(r) = (unsafe { req.as_mut() }) else {
+        return EINVAL.to_errno();
+    };
+    to_ret((|| {
+        if r.input_data.is_null() || r.output_data.is_null() {
+            return Err(EINVAL);
+        }
+        let fallback = api::fallback_flags(r.flags)?;
+        let num_samples = r.num_samples as usize;
+        let (in_size, out_size) = (r.input_size as usize, r.output_size as usize);
+        let (n_in, n_out) = api::shape(num_samples, in_size, Some(out_size))?;
+        let deadline = api::deadline(r.timeout_ms)?;
+        // SAFETY: The caller's buffers hold `num_samples` rows (the header's
+        // contract); `shape` bounds the counts.
+        let (inputs, outputs) = unsafe {
+            (
+                slice::from_raw_parts(r.input_data, n_in),
+                slice::from_raw_parts_mut(r.output_data, n_out),
+            )
+        };
+        let (answer_flags, generation) = api::run_ex(
+            inputs,
+            outputs,
+            num_samples,
+            (in_size, out_size),
+            &deadline,
+            fallback,
+        )?;
+        r.answer_flags = answer_flags;
+        r.generation = generation;
+        Ok(())
+    })())
 }
 
 /// `neural_api_null()`: the round trip of a batch request without

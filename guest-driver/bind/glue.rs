@@ -176,4 +176,23 @@ extern "C" {
 
     /// `sysfs_remove_group()` of the static attributes.
     pub(crate) fn virtio_nn_sysfs_remove_file(kobj: *mut bindings::kobject);
+
+    /// Queues the model copy's fetch work (any context; a no-op before
+    /// `virtio_nn_fetch_start` and after `virtio_nn_fetch_stop`).
+    pub(crate) fn virtio_nn_fetch_schedule();
+
+    /// Initialises the fetch work; schedules are honoured from now on.
+    pub(crate) fn virtio_nn_fetch_start();
+
+    /// `disable_work_sync()` of the fetch work: waits for a running fetch.
+    pub(crate) fn virtio_nn_fetch_stop();
+
+    /// The module parameter `fallback_max_bytes` (0: no fallback).
+    pub(crate) fn virtio_nn_fallback_max_bytes() -> c_uint;
+
+    /// The standard CRC-32C of `len` bytes at `buf`.
+    pub(crate) fn virtio_nn_crc32c(buf: *const u8, len: usize) -> u32;
+
+    /// `cond_resched()`.
+    pub(crate) fn virtio_nn_cond_resched();
 }

@@ -37,6 +37,35 @@ pub(crate) fn max_request_kib() -> u32 {
     unsafe { glue::virtio_nn_max_request_kib() }
 }
 
+/// The module parameter `fallback_max_bytes`: the largest model file the
+/// CPU fallback copies (0: no fallback).
+pub(crate) fn fallback_max_bytes() -> u32 {
+    // SAFETY: Reads a module parameter; no preconditions.
+    unsafe { glue::virtio_nn_fallback_max_bytes() }
+}
+
+/// The standard CRC-32C (Castagnoli) of `data` (the kernel's
+/// `__crc32c_le`, with the initial and final inversion).
+pub(crate) fn crc32c(data: &[u8]) -> u32 {
+    // SAFETY: `data` is valid for reads of `data.len()` bytes.
+    unsafe { glue::virtio_nn_crc32c(data.as_ptr(), data.len()) }
+}
+
+/// `cond_resched()`: lets other tasks run (process context).
+pub(crate) fn cond_resched() {
+    // SAFETY: No preconditions; every caller runs in process context
+    // without locks held.
+    unsafe { glue::virtio_nn_cond_resched() }
+}
+
+/// Queues the model copy's fetch work (any context, interrupts included);
+/// nothing happens outside the life of [`FetchWork`].
+pub(crate) fn schedule_model_fetch() {
+    // SAFETY: `queue_work` of a static work item, guarded by the glue's
+    // start/stop; no preconditions.
+    unsafe { glue::virtio_nn_fetch_schedule() }
+}
+
 /// `jiffies + msecs_to_jiffies(ms)`.
 pub(crate) fn jiffies_after_ms(ms: u32) -> c_ulong {
     // SAFETY: Reads `jiffies` and converts `ms`; no preconditions.
@@ -166,5 +195,27 @@ impl Drop for MiscRegistration {
         // SAFETY: Registered in `new`. Open files keep the module (the
         // fops' owner), so none is left when this runs at unload.
         unsafe { glue::virtio_nn_misc_deregister() };
+    }
+}
+
+/// The model copy's fetch work (`model_copy.rs`); disabled and waited for
+/// on drop.
+pub(crate) struct FetchWork(());
+
+impl FetchWork {
+    /// Initialises the work; [`schedule_model_fetch`] queues it from now on.
+    pub(crate) fn start() -> Self {
+        // SAFETY: Called once per module load (the module holds one
+        // `FetchWork`); the work only uses the module's globals.
+        unsafe { glue::virtio_nn_fetch_start() };
+        Self(())
+    }
+}
+
+impl Drop for FetchWork {
+    fn drop(&mut self) {
+        // SAFETY: Started in `start`; `disable_work_sync` waits for a running
+        // fetch and makes later schedules no-ops.
+        unsafe { glue::virtio_nn_fetch_stop() };
     }
 }

@@ -4,9 +4,9 @@
  *
  * The guest tests drive it with module parameters:
  *
- *   insmod nn_consumer.ko [mode=api|production|batch|null|info]
+ *   insmod nn_consumer.ko [mode=api|production|batch|ex|null|info]
  *       [input=1,2,...] [q16=1] [count=N] [batch=N] [timeout_ms=N]
- *       [in_size=N] [out_size=N]
+ *       [in_size=N] [out_size=N] [nofallback=1]
  *
  * It runs @count calls of @mode with @input (whole numbers, turned into
  * Q16.16, or raw Q16.16 with q16=1; missing values are 0), sizes from
@@ -15,7 +15,11 @@
  * success the module stays loaded and shows the answer in dmesg and in
  * /sys/module/nn_consumer/parameters/last_output (whole numbers, or Q16.16
  * with q16=1; rows of a batch separated by ';'). mode=null passes NULL
- * (expects -EINVAL); mode=info only reads the model info.
+ * (expects -EINVAL); mode=info only reads the model info. mode=ex calls
+ * neural_api_predict_ex() with @batch rows (NEURAL_API_NO_FALLBACK with
+ * nofallback=1): every call's answer must equal the first call's (else the
+ * load fails with -EBADMSG); fallback_answers counts the calls the driver's
+ * CPU fallback answered and last_generation is the last call's generation.
  */
 
 #include <linux/errno.h>
@@ -64,6 +68,18 @@ static int out_size = -1;
 module_param(out_size, int, 0444);
 MODULE_PARM_DESC(out_size, "Output size passed (default: the model's)");
 
+static bool nofallback;
+module_param(nofallback, bool, 0444);
+MODULE_PARM_DESC(nofallback, "mode=ex: NEURAL_API_NO_FALLBACK");
+
+static int fallback_answers;
+module_param(fallback_answers, int, 0444);
+MODULE_PARM_DESC(fallback_answers, "mode=ex: calls answered by the CPU fallback (read only)");
+
+static int last_generation;
+module_param(last_generation, int, 0444);
+MODULE_PARM_DESC(last_generation, "mode=ex: generation of the last answer (read only)");
+
 static char last_output[OUT_TEXT_LEN];
 static char *last_output_p = last_output;
 module_param_named(last_output, last_output_p, charp, 0444);
@@ -73,7 +89,7 @@ static int run(void)
 {
 	struct neural_model_info info;
 	int isz, osz, rows, i, n, ret = 0, len = 0;
-	s32 *in = NULL, *out = NULL;
+	s32 *in = NULL, *out = NULL, *first = NULL;
 	ktime_t t0;
 
 	if (!strcmp(mode, "null")) {
@@ -93,12 +109,13 @@ static int run(void)
 	}
 	isz = in_size >= 0 ? in_size : info.input_size;
 	osz = out_size >= 0 ? out_size : info.output_size;
-	rows = !strcmp(mode, "batch") ? batch : 1;
+	rows = (!strcmp(mode, "batch") || !strcmp(mode, "ex")) ? batch : 1;
 	if (isz > MAX_INPUTS || osz > MAX_INPUTS || rows < 1 || rows > 4096)
 		return -EINVAL;
 	in = kcalloc((size_t)rows * max(isz, 1), sizeof(*in), GFP_KERNEL);
 	out = kcalloc((size_t)rows * max(osz, 1), sizeof(*out), GFP_KERNEL);
-	if (!in || !out) {
+	first = kcalloc((size_t)rows * max(osz, 1), sizeof(*out), GFP_KERNEL);
+	if (!in || !out || !first) {
 		ret = -ENOMEM;
 		goto free;
 	}
@@ -126,12 +143,34 @@ static int run(void)
 			};
 
 			ret = neural_api_predict_batch(&req);
+		} else if (!strcmp(mode, "ex")) {
+			struct neural_predict_ex req = {
+				.input_data = in, .output_data = out,
+				.num_samples = rows, .input_size = isz,
+				.output_size = osz, .timeout_ms = timeout_ms,
+				.flags = nofallback ? NEURAL_API_NO_FALLBACK : 0,
+			};
+			size_t bytes = (size_t)rows * osz * sizeof(*out);
+
+			ret = neural_api_predict_ex(&req);
+			if (ret)
+				break;
+			if (req.answer_flags & NEURAL_API_ANSWER_FALLBACK)
+				fallback_answers++;
+			last_generation = req.generation;
+			if (n == 0)
+				memcpy(first, out, bytes);
+			else if (memcmp(first, out, bytes))
+				ret = -EBADMSG;
 		} else {
 			ret = -EINVAL;
 		}
 	}
 	pr_info("nn_consumer: mode=%s calls=%d rc=%d after %lld ms\n", mode, n,
 		ret, ktime_ms_delta(ktime_get(), t0));
+	if (!strcmp(mode, "ex"))
+		pr_info("nn_consumer: fallback answers %d, last generation %d\n",
+			fallback_answers, last_generation);
 	if (ret)
 		goto free;
 	for (n = 0; n < rows; n++)
@@ -144,6 +183,7 @@ static int run(void)
 free:
 	kfree(in);
 	kfree(out);
+	kfree(first);
 	return ret;
 }
 

@@ -61,6 +61,8 @@ pub(crate) fn probe(vdev: VirtioDevice) -> Result {
             dev.num_queues(),
             if events { ", events" } else { "" }
         );
+        // The CPU fallback's copy of this device's model.
+        crate::bind::sys::schedule_model_fetch();
         return Ok(());
     }
     // Another device won a race with this probe.

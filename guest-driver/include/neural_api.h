@@ -62,7 +62,31 @@ struct neural_model_info {
 	u32 generation;
 };
 
+/*
+ * Many samples, with flags (neural_api_predict_ex). The other calls let the
+ * driver's CPU fallback answer when the device cannot (timeout, no device
+ * or model, a device error): it runs the same arithmetic on the driver's
+ * copy of the model, so the bits are the device's. This one says whether it
+ * did and which model generation answered, and can refuse it.
+ */
+#define NEURAL_API_NO_FALLBACK		(1U << 0) /* flags: device's answer or error */
+#define NEURAL_API_ANSWER_FALLBACK	(1U << 0) /* answer_flags: the fallback answered */
+
+struct neural_predict_ex {
+	const s32 *input_data;	/* num_samples rows of input_size values */
+	s32 *output_data;	/* room for num_samples rows of output_size */
+	u32 num_samples;	/* 1..max_batch */
+	u32 input_size;
+	u32 output_size;
+	int timeout_ms;		/* 0: the module parameter timeout_ms */
+	u32 flags;		/* in: NEURAL_API_NO_FALLBACK, other bits 0 */
+	u32 answer_flags;	/* out: NEURAL_API_ANSWER_FALLBACK */
+	u32 generation;		/* out: the model generation that answered */
+};
+
 int neural_api_predict(struct neural_prediction_request *request);
+/* -EINVAL also for unknown bits in flags. */
+int neural_api_predict_ex(struct neural_predict_ex *request);
 int neural_api_predict_batch(struct neural_batch_request *request);
 /* One sample with the module parameter timeout_ms. */
 int neural_predict_production(s32 *input, s32 *output, int input_size,

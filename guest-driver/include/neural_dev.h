@@ -40,10 +40,19 @@
 /* The misc device's name: the node is /dev/neural_network. */
 #define NEURAL_DEV_NAME "neural_network"
 
-/* The magics: the ASCII bytes "NNRQ", "NNRN" and "NNRS" as a le32. */
+/*
+ * The magics: the ASCII bytes "NNRQ", "NNRD", "NNRN", "NNRS" and "NNRF" as
+ * a le32. NEURAL_DEV_DEVICE_ONLY_MAGIC is a prediction the driver's CPU
+ * fallback must not answer (the device's answer or an error); an answer
+ * with NEURAL_DEV_FALLBACK_MAGIC was made by that fallback from the
+ * driver's copy of the model (generation: the copy's), because the device
+ * could not answer (timeout, no device, no model, device error).
+ */
 #define NEURAL_DEV_REQUEST_MAGIC	0x51524e4e
+#define NEURAL_DEV_DEVICE_ONLY_MAGIC	0x44524e4e
 #define NEURAL_DEV_NULL_MAGIC		0x4e524e4e
 #define NEURAL_DEV_RESPONSE_MAGIC	0x53524e4e
+#define NEURAL_DEV_FALLBACK_MAGIC	0x46524e4e
 
 /* Size of both headers, and the largest write accepted. */
 #define NEURAL_DEV_HEADER_LEN		16
@@ -56,7 +65,7 @@
 	(NEURAL_DEV_HEADER_LEN + 4 * (num_samples) * (out_dim))
 
 struct neural_dev_request {
-	__le32 magic;		/* NEURAL_DEV_REQUEST_MAGIC or _NULL_MAGIC */
+	__le32 magic;		/* NEURAL_DEV_REQUEST_MAGIC, _DEVICE_ONLY_ or _NULL_ */
 	__le32 num_samples;	/* 1..max_batch */
 	__le32 in_dim;		/* the model's input width */
 	__le32 timeout_ms;	/* s32 >= 0; 0: the module parameter */
@@ -64,7 +73,7 @@ struct neural_dev_request {
 };
 
 struct neural_dev_response {
-	__le32 magic;		/* NEURAL_DEV_RESPONSE_MAGIC */
+	__le32 magic;		/* NEURAL_DEV_RESPONSE_MAGIC or _FALLBACK_MAGIC */
 	__le32 num_samples;	/* as asked */
 	__le32 out_dim;		/* the model's output width (0: null request) */
 	__le32 generation;	/* the model generation that answered */

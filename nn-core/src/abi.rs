@@ -30,7 +30,8 @@ fn magic(value: u32) -> String {
 /// order):
 ///
 /// * `virtio_id`, `config_size`, `frac_bits`, `max_dim`: from `protocol`;
-/// * `dev`: `path`, `request_magic` / `null_magic` / `response_magic`
+/// * `dev`: `path`, `request_magic` / `device_only_magic` / `null_magic` /
+///   `response_magic` / `fallback_magic`
 ///   (`{"value": u32, "tag": "NNRQ"}`), `header_len`, `max_write_len`,
 ///   `request_header` / `response_header` (`[name, byte offset]` pairs, each
 ///   field a le32, in order);
@@ -51,8 +52,10 @@ pub fn json() -> String {
   "dev": {{
     "path": "/dev/{name}",
     "request_magic": {request_magic},
+    "device_only_magic": {device_only_magic},
     "null_magic": {null_magic},
     "response_magic": {response_magic},
+    "fallback_magic": {fallback_magic},
     "header_len": {header_len},
     "max_write_len": {dev_max},
     "request_header": {request_header},
@@ -71,8 +74,10 @@ pub fn json() -> String {
         max_dim = protocol::MAX_DIM,
         name = dev_abi::DEVICE_NAME,
         request_magic = magic(dev_abi::REQUEST_MAGIC),
+        device_only_magic = magic(dev_abi::DEVICE_ONLY_MAGIC),
         null_magic = magic(dev_abi::NULL_MAGIC),
         response_magic = magic(dev_abi::RESPONSE_MAGIC),
+        fallback_magic = magic(dev_abi::FALLBACK_RESPONSE_MAGIC),
         header_len = dev_abi::HEADER_LEN,
         dev_max = dev_abi::MAX_WRITE_LEN,
         request_header = fields(&dev_abi::request::FIELDS),

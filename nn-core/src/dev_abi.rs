@@ -8,7 +8,7 @@
 //!
 //! | offset | field | |
 //! |---|---|---|
-//! | 0 | `magic` | [`REQUEST_MAGIC`] (the bytes `NNRQ`), or [`NULL_MAGIC`] (`NNRN`): the null request |
+//! | 0 | `magic` | [`REQUEST_MAGIC`] (the bytes `NNRQ`), [`DEVICE_ONLY_MAGIC`] (`NNRD`): a prediction the CPU fallback must not answer, or [`NULL_MAGIC`] (`NNRN`): the null request |
 //! | 4 | `num_samples` | `1..=max_batch` |
 //! | 8 | `in_dim` | the model's input width |
 //! | 12 | `timeout_ms` | `i32`; 0: the module parameter `timeout_ms` |
@@ -20,10 +20,10 @@
 //!
 //! | offset | field | |
 //! |---|---|---|
-//! | 0 | `magic` | [`RESPONSE_MAGIC`] (the bytes `NNRS`) |
+//! | 0 | `magic` | [`RESPONSE_MAGIC`] (the bytes `NNRS`), or [`FALLBACK_RESPONSE_MAGIC`] (`NNRF`): the guest driver's CPU fallback answered |
 //! | 4 | `num_samples` | as asked |
 //! | 8 | `out_dim` | the model's output width |
-//! | 12 | `generation` | the model generation that answered |
+//! | 12 | `generation` | the model generation that answered (the fallback's copy's) |
 //! | 16 | outputs | `num_samples * out_dim` values, row after row |
 //!
 //! [`Request::parse`] is the check every write passes before it reaches the
@@ -46,8 +46,17 @@ pub const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"NNRQ");
 /// `magic` of a null request (the bytes `NNRN`): the same round trip
 /// without inference; the answer has `out_dim` 0 and no outputs.
 pub const NULL_MAGIC: u32 = u32::from_le_bytes(*b"NNRN");
+/// `magic` of a prediction only the device may answer (the bytes `NNRD`):
+/// the guest driver's CPU fallback does not answer it, the caller gets the
+/// device's answer or an error. Otherwise as [`REQUEST_MAGIC`].
+pub const DEVICE_ONLY_MAGIC: u32 = u32::from_le_bytes(*b"NNRD");
 /// `magic` of an answer (the bytes `NNRS`).
 pub const RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"NNRS");
+/// `magic` of an answer made by the guest driver's CPU fallback from its
+/// copy of the model, because the device could not answer (the bytes
+/// `NNRF`); the rest is as for [`RESPONSE_MAGIC`], `generation` that of
+/// the copy.
+pub const FALLBACK_RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"NNRF");
 
 /// Size of the request and response headers.
 pub const HEADER_LEN: usize = 16;
@@ -108,6 +117,9 @@ pub enum Kind {
     Predict,
     /// [`NULL_MAGIC`]: the round trip without inference.
     Null,
+    /// [`DEVICE_ONLY_MAGIC`]: a prediction the CPU fallback must not
+    /// answer.
+    PredictDeviceOnly,
 }
 
 impl Kind {
@@ -116,6 +128,7 @@ impl Kind {
         match self {
             Kind::Predict => REQUEST_MAGIC,
             Kind::Null => NULL_MAGIC,
+            Kind::PredictDeviceOnly => DEVICE_ONLY_MAGIC,
         }
     }
 }
@@ -195,6 +208,7 @@ impl Request {
         let kind = match le32(header, request::MAGIC) {
             REQUEST_MAGIC => Kind::Predict,
             NULL_MAGIC => Kind::Null,
+            DEVICE_ONLY_MAGIC => Kind::PredictDeviceOnly,
             _ => return Err(RequestError::BadMagic),
         };
         let num_samples = le32(header, request::NUM_SAMPLES);
@@ -269,10 +283,23 @@ impl Response {
         b
     }
 
-    /// Decodes a header; `None` if `b` is short or the magic is not
-    /// [`RESPONSE_MAGIC`].
+    /// Encodes the header of an answer made by the CPU fallback
+    /// ([`FALLBACK_RESPONSE_MAGIC`]).
+    pub fn fallback_header(&self) -> [u8; HEADER_LEN] {
+        let mut b = self.header();
+        put32(&mut b, response::MAGIC, FALLBACK_RESPONSE_MAGIC);
+        b
+    }
+
+    /// Decodes a header; `None` if `b` is short or the magic is neither
+    /// [`RESPONSE_MAGIC`] nor [`FALLBACK_RESPONSE_MAGIC`].
     pub fn parse(b: &[u8]) -> Option<Self> {
-        if b.len() < HEADER_LEN || le32(b, response::MAGIC) != RESPONSE_MAGIC {
+        if b.len() < HEADER_LEN
+            || !matches!(
+                le32(b, response::MAGIC),
+                RESPONSE_MAGIC | FALLBACK_RESPONSE_MAGIC
+            )
+        {
             return None;
         }
         Some(Self {
@@ -304,6 +331,8 @@ mod tests {
         assert_eq!(&REQUEST_MAGIC.to_le_bytes(), b"NNRQ");
         assert_eq!(&NULL_MAGIC.to_le_bytes(), b"NNRN");
         assert_eq!(&RESPONSE_MAGIC.to_le_bytes(), b"NNRS");
+        assert_eq!(&DEVICE_ONLY_MAGIC.to_le_bytes(), b"NNRD");
+        assert_eq!(&FALLBACK_RESPONSE_MAGIC.to_le_bytes(), b"NNRF");
         assert_eq!(REQUEST_MAGIC, 0x5152_4e4e);
     }
 
@@ -329,6 +358,8 @@ mod tests {
         };
         assert_eq!(a.header()[..], write(&[RESPONSE_MAGIC, 2, 4, 9])[..]);
         assert_eq!(Response::parse(&a.header()), Some(a));
+        assert_eq!(a.fallback_header()[4..], a.header()[4..]);
+        assert_eq!(Response::parse(&a.fallback_header()), Some(a));
         assert_eq!(a.read_len(), 16 + 2 * 4 * 4);
         assert_eq!(Response::parse(&a.header()[..15]), None);
         assert_eq!(Response::parse(&r.header()), None);
@@ -354,6 +385,8 @@ mod tests {
         let w = write(&[NULL_MAGIC, 1, 1, 300, 0]);
         assert_eq!(Request::parse(&w).unwrap().kind, Kind::Null);
         assert_eq!(Request::parse(&w).unwrap().timeout_ms, 300);
+        let w = write(&[DEVICE_ONLY_MAGIC, 1, 1, 0, 0]);
+        assert_eq!(Request::parse(&w).unwrap().kind, Kind::PredictDeviceOnly);
     }
 
     #[test]

@@ -100,14 +100,17 @@ pub fn neuron(weights: &[i32], bias: i32, inputs: &[i32]) -> i32 {
 /// [`neuron`] with the weights as little-endian bytes (4 per weight, as a
 /// model file stores them): the same arithmetic on the same values.
 pub fn neuron_le(weights: &[u8], bias: i32, inputs: &[i32]) -> i32 {
-    let acc = weights
-        .chunks_exact(4)
-        .zip(inputs)
-        .fold(bias_acc(bias), |acc, (w, &x)| match *w {
-            [b0, b1, b2, b3] => mac(acc, i32::from_le_bytes([b0, b1, b2, b3]), x),
-            // chunks_exact(4) yields 4 bytes.
-            _ => acc,
-        });
+    // `split_first_chunk`, not `chunks_exact`: the latter's division brings
+    // a panic path that the guest kernel's objtool reports.
+    let mut acc = bias_acc(bias);
+    let mut rest = weights;
+    for &x in inputs {
+        let Some((w, tail)) = rest.split_first_chunk::<4>() else {
+            break;
+        };
+        acc = mac(acc, i32::from_le_bytes(*w), x);
+        rest = tail;
+    }
     round_sat(acc)
 }
 

@@ -94,6 +94,8 @@ fn uapi_header_matches_dev_abi() {
          P(\"name\", \"%s\", NEURAL_DEV_NAME);\n\
          P(\"request_magic\", \"%lu\", (unsigned long)NEURAL_DEV_REQUEST_MAGIC);\n\
          P(\"null_magic\", \"%lu\", (unsigned long)NEURAL_DEV_NULL_MAGIC);\n\
+         P(\"device_only_magic\", \"%lu\", (unsigned long)NEURAL_DEV_DEVICE_ONLY_MAGIC);\n\
+         P(\"fallback_magic\", \"%lu\", (unsigned long)NEURAL_DEV_FALLBACK_MAGIC);\n\
          P(\"response_magic\", \"%lu\", (unsigned long)NEURAL_DEV_RESPONSE_MAGIC);\n\
          P(\"header_len\", \"%lu\", (unsigned long)NEURAL_DEV_HEADER_LEN);\n\
          P(\"max_write_len\", \"%lu\", (unsigned long)NEURAL_DEV_MAX_WRITE_LEN);\n\
@@ -142,6 +144,11 @@ fn uapi_header_matches_dev_abi() {
         ("name", dev_abi::DEVICE_NAME.to_string()),
         ("request_magic", dev_abi::REQUEST_MAGIC.to_string()),
         ("null_magic", dev_abi::NULL_MAGIC.to_string()),
+        ("device_only_magic", dev_abi::DEVICE_ONLY_MAGIC.to_string()),
+        (
+            "fallback_magic",
+            dev_abi::FALLBACK_RESPONSE_MAGIC.to_string(),
+        ),
         ("response_magic", dev_abi::RESPONSE_MAGIC.to_string()),
         ("header_len", dev_abi::HEADER_LEN.to_string()),
         ("max_write_len", dev_abi::MAX_WRITE_LEN.to_string()),
@@ -341,6 +348,8 @@ fn no_copy_of_the_magics_or_the_device_id() {
         dev_abi::REQUEST_MAGIC,
         dev_abi::NULL_MAGIC,
         dev_abi::RESPONSE_MAGIC,
+        dev_abi::DEVICE_ONLY_MAGIC,
+        dev_abi::FALLBACK_RESPONSE_MAGIC,
     ] {
         forms.push(format!("{m:#x}"));
         forms.push(m.to_string());

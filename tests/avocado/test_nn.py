@@ -37,6 +37,7 @@ PERF = "/sys/kernel/neural_network/performance"
 HEALTH = "/sys/kernel/neural_network/health"
 TIMEOUT_P = "/sys/module/virtio_nn/parameters/timeout_ms"
 CACHE_P = "/sys/module/virtio_nn/parameters/cache_ms"
+FB_P = "/sys/module/virtio_nn/parameters/fallback_max_bytes"
 CONS = "/lib/modules/nn_consumer.ko"
 KO = "/lib/modules/virtio_nn.ko"
 
@@ -507,6 +508,225 @@ class Faults(NNTest):
         self.assertEqual(self.predict(self.q1)[1], ref_a)
         self.check_log()
 
+    # -- the CPU fallback (guest-driver/fallback.rs) ---------------------------
+    def fallback_off(self, g=None):
+        """Turn the driver's CPU fallback off (fallback_max_bytes=0), for the
+        tests of what callers get when the device cannot answer."""
+        (g or self.guest).out(f"echo 0 >{FB_P}")
+
+    def wait_copy(self, gen, g=None, secs=30):
+        """Wait until the driver logs its copy of generation gen."""
+        g = g or self.guest
+        g.out(f"n=0; while [ $n -lt {secs * 10} ] && ! dmesg | grep -q "
+              f"'CPU fallback: copy of generation {gen} '; do sleep 0.1; n=$((n+1)); done; "
+              f"dmesg | grep 'CPU fallback: copy of generation {gen} '", timeout=secs + 30)
+
+    def start_api_load(self, g=None, tag="aload", values=None):
+        """One guest process calling neural_api_predict_ex() through
+        nn_consumer.ko (mode=ex, 5 calls per load, each answer compared with
+        the first by the module) until /tmp/stop exists; one line per load
+        in /tmp/<tag>.0.out: "ok OUTPUTS FALLBACK_ANSWERS GENERATION" or
+        "err MESSAGE"."""
+        g = g or self.guest
+        values = values or self.q1
+        self.require(CONS, g)
+        par = "/sys/module/nn_consumer/parameters"
+        loop = (f"while [ ! -e /tmp/stop ]; do "
+                f"if e=$(insmod {CONS} mode=ex batch=1 count=5 q16=1 timeout_ms=0 "
+                f"input={csv(values)} 2>&1); then echo ok $(cat {par}/last_output "
+                f"{par}/fallback_answers {par}/last_generation); rmmod nn_consumer; "
+                f"else echo \"err $e\"; sleep 0.1; fi; done")
+        g.out(f"rm -f /tmp/{tag}.*.out")
+        g.out(f"sh -c '{loop}' >/tmp/{tag}.0.out 2>&1 &")
+
+    def check_fallback_answers(self, counts, refs, kind):
+        """The answers of a load (load_counts) that are not right: {line: n}.
+        refs maps a generation to the reference answer of its model (None:
+        any generation, refs[None] the answer). kind: 'proc', 'dev' or 'api'.
+        Returns (bad, {generation: n} of /dev and API answers, fallback
+        answers seen)."""
+        bad, gens, fallbacks = {}, {}, 0
+        for line, n in counts.items():
+            words = line.split()
+            ok = False
+            if kind == "proc":
+                ok = words[:1] == ["ok"] and len(words) == 2 and words[1] in refs.values()
+            elif kind == "dev" and len(words) > 5 and words[0] == "ok":
+                magic, samples, width, gen = map(int, words[1:5])
+                want = refs.get(gen, refs.get(None))
+                fb = magic == nnlib.dev_magic("fallback")
+                ok = ((fb or magic == nnlib.dev_magic("response")) and samples == 1
+                      and want is not None and ",".join(words[5:]) == want
+                      and width == len(words) - 5)
+                gens[gen] = gens.get(gen, 0) + n
+                fallbacks += n if fb else 0
+            elif kind == "api" and len(words) == 4 and words[0] == "ok":
+                gen = int(words[3])
+                want = refs.get(gen, refs.get(None))
+                ok = want is not None and words[1] == want
+                gens[gen] = gens.get(gen, 0) + n
+                fallbacks += int(words[2]) * n
+            if not ok:
+                bad[f"{kind}: {line[:200]}"] = n
+        return bad, gens, fallbacks
+
+    def test_fallback_sigstop_under_load(self):
+        """The daemon's worker SIGSTOPped under load from /proc, /dev and the
+        kernel API: every call answers (the CPU fallback, once a request has
+        timed out), every answer is the host reference's bits, /dev marks
+        the fallback's answers (NNRF), model_info says "fallback" while the
+        device does not answer and "active" again after SIGCONT."""
+        g = self.guest
+        g.out(f"echo 0 >{CACHE_P}; echo 1000 >{TIMEOUT_P}")
+        gen = self.daemon.status()["generation"]
+        self.wait_copy(gen)
+        ref = self.ref(self.q1)
+        self.require(DEV)
+        self.start_load(2)
+        self.start_load(2, tag="dload", dev=True)
+        self.start_api_load()
+        time.sleep(3)
+        worker = self.daemon.worker_pid()
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            time.sleep(4)
+            status_stopped = g.kv(INFO)["Status"]
+            fb_stopped = int(g.kv(PERF)["fallback_answers"])
+            time.sleep(4)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        self._wait_active(g, 30)
+        time.sleep(2)
+        counts = self.stop_load()
+        bad, _, _ = self.check_fallback_answers(counts, {None: ref}, "proc")
+        dbad, dgens, dfb = self.check_fallback_answers(self.load_counts(g, "dload"),
+                                                       {None: ref}, "dev")
+        abad, agens, afb = self.check_fallback_answers(self.load_counts(g, "aload"),
+                                                       {None: ref}, "api")
+        bad.update(dbad)
+        bad.update(abad)
+        perf = g.kv(PERF)
+        self.log.info("status while stopped: %s; fallback_answers %s (while stopped %d); "
+                      "/dev fallback answers %d, API fallback answers %d",
+                      status_stopped, perf["fallback_answers"], fb_stopped, dfb, afb)
+        self.whiteboard = f"answers={sum(counts.values())} fallback={perf['fallback_answers']}"
+        self.assertEqual(bad, {}, "failed or wrong answers")
+        self.assertEqual(status_stopped, "fallback", "model_info while the worker is stopped")
+        self.assertGreater(fb_stopped, 0, "no fallback answer while the worker was stopped")
+        self.assertGreater(dfb, 0, "no /dev answer marked NNRF")
+        self.assertGreater(afb, 0, "no API answer flagged NEURAL_API_ANSWER_FALLBACK")
+        self.assertEqual(set(dgens) | set(agens), {gen}, "generations of the answers")
+        self.assertEqual(g.kv(INFO)["Status"], "active")
+        self.check_log()
+
+    def test_fallback_replug_under_load(self):
+        """The documented daemon restart (unplug, kill -9, a new daemon,
+        replug) under load from /proc, /dev and the API: no call fails (the
+        copy answers while there is no device, and for a device being
+        removed); the answers are the reference's bits."""
+        g = self.guest
+        g.out(f"echo 0 >{CACHE_P}")
+        self.wait_copy(self.daemon.status()["generation"])
+        ref = self.ref(self.q1)
+        self.start_load(2)
+        self.start_load(2, tag="dload", dev=True)
+        self.start_api_load()
+        time.sleep(3)
+        self._restart_daemon(g, kill_first=False)
+        self.assertTrue(g.alive(), "QEMU died: " + g.qemu_output())
+        self._wait_active(g)
+        time.sleep(3)
+        counts = self.stop_load()
+        bad, _, _ = self.check_fallback_answers(counts, {None: ref}, "proc")
+        dbad, _, dfb = self.check_fallback_answers(self.load_counts(g, "dload"),
+                                                   {None: ref}, "dev")
+        abad, _, afb = self.check_fallback_answers(self.load_counts(g, "aload"),
+                                                   {None: ref}, "api")
+        bad.update(dbad)
+        bad.update(abad)
+        perf = g.kv(PERF)
+        self.log.info("fallback_answers %s; /dev %d, API %d", perf["fallback_answers"], dfb, afb)
+        self.whiteboard = f"answers={sum(counts.values())} fallback={perf['fallback_answers']}"
+        self.assertEqual(bad, {}, "failed or wrong answers across the restart")
+        self.assertGreater(int(perf["fallback_answers"]), 0, "the fallback never answered")
+        self.assertEqual(self.predict(self.q1)[1], ref, "after the restart")
+        self.check_log()
+
+    def test_fallback_hotswap_then_sigstop(self):
+        """A hot-swap (model A -> B) followed at once by a SIGSTOP of the
+        worker, under /dev and API load: the fallback answers from A's copy
+        until B's is fetched (after SIGCONT), from B's after; each answer's
+        generation names the model whose bits it has."""
+        g = self.guest
+        g.out(f"echo 0 >{CACHE_P}; echo 1000 >{TIMEOUT_P}")
+        gen_a = self.daemon.status()["generation"]
+        self.wait_copy(gen_a)
+        ref_a, ref_b = self.ref(self.q1), self.ref(self.q1, model=self.model_b)
+        refs = {gen_a: ref_a, gen_a + 1: ref_b}
+        self.start_load(2, tag="dload", dev=True)
+        self.start_api_load()
+        time.sleep(2)
+        worker = self.daemon.worker_pid()
+        self.assertEqual(self.daemon.load(self.model_b), gen_a + 1)
+        # no guest command while the worker is stopped: a config read (the
+        # swap's event asks for one) waits for the worker, and the guest with it
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            time.sleep(5)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        self.wait_copy(gen_a + 1)
+        # B's copy is fetched: a second stop is answered from it
+        time.sleep(1)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            time.sleep(5)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        self._wait_active(g, 30)
+        time.sleep(2)
+        g.out("touch /tmp/stop; wait", timeout=120)
+        dbad, dgens, dfb = self.check_fallback_answers(self.load_counts(g, "dload"), refs, "dev")
+        abad, agens, afb = self.check_fallback_answers(self.load_counts(g, "aload"), refs, "api")
+        dbad.update(abad)
+        self.log.info("generations /dev %s API %s; fallback answers /dev %d API %d",
+                      dgens, agens, dfb, afb)
+        self.assertEqual(dbad, {}, "failed answers, or bits not of the generation they name")
+        self.assertIn(gen_a + 1, dgens, "no /dev answer from B")
+        self.assertGreater(dfb + afb, 0, "the fallback never answered")
+        self.check_log()
+
+    def test_fallback_model_above_cap(self):
+        """A model file above fallback_max_bytes: no copy, one clear log
+        line, and callers get the errors of a device that does not answer
+        (ETIMEDOUT) as without the fallback."""
+        g = self.guest
+        g.out(f"echo 0 >{CACHE_P}; echo 1000 >{TIMEOUT_P}")
+        size = os.path.getsize(self.model_a)
+        gen = self.daemon.status()["generation"]
+        g.out(f"echo {size - 1} >{FB_P}")
+        g.out(f"n=0; while [ $n -lt 100 ] && ! dmesg | grep -q 'CPU fallback: off for "
+              f"generation {gen}'; do sleep 0.1; n=$((n+1)); done")
+        lines = [l for l in g.dmesg().splitlines() if "CPU fallback: off" in l]
+        self.log.info("log: %s", lines)
+        self.assertEqual(len(lines), 1, "one log line for a model above the cap")
+        self.assertIn(f"{size} bytes, above fallback_max_bytes ({size - 1})", lines[0])
+        worker = self.daemon.worker_pid()
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            rc, out = self.predict(self.q1)
+            self.assertNotEqual(rc, 0, f"answered without the device and with no copy: {out}")
+            self.assertIn("timed out", out)
+            self.assertEqual(g.kv(INFO)["Status"], "unresponsive")
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        self.assertEqual(int(g.kv(PERF)["fallback_answers"]), 0)
+        # within the cap again: copied, and it answers
+        g.out(f"echo {size} >{FB_P}")
+        self.wait_copy(gen)
+        self._wait_active(g, 30)
+        self.check_log()
+
     def _restart_daemon(self, g, kill_first):
         """The restart procedure; returns nothing, raises on failure."""
         if kill_first:
@@ -544,6 +764,7 @@ class Faults(NNTest):
         (event queue) and the answers are the model's."""
         g = self.guest
         g.out(f"echo 0 >{CACHE_P}")
+        self.fallback_off()
         ref = self.ref(self.q1)
         self._replug_without_model()
         rc, out = self.predict(self.q1)
@@ -613,6 +834,7 @@ class Faults(NNTest):
         model_info says unresponsive until the next answer, late answers
         are dropped and the device works again once it is fast."""
         g = self.guest
+        self.fallback_off()
         ref = self.ref(self.q1)
         self.require(CACHE_P)
         g.out(f"echo 100 >{CACHE_P}")
@@ -719,6 +941,7 @@ class Faults(NNTest):
         survives; the restart procedure recovers."""
         g = self.guest
         g.out(f"echo 0 >{CACHE_P}; echo 1000 >{TIMEOUT_P}")
+        self.fallback_off()
         self._replug_without_model()
         self.daemon.kill9()
         time.sleep(1)
@@ -749,6 +972,7 @@ class Faults(NNTest):
         g = self.guest
         self.assertEqual(self.predict(self.q1)[1], self.ref(self.q1))
         g.out(f"echo 0 >{CACHE_P}; echo 1000 >{TIMEOUT_P}")
+        self.fallback_off()
         self.daemon.kill9()
         time.sleep(1)
         rc, out = g.run(f"echo 1,2,3 >{P}", timeout=60)

@@ -25,6 +25,7 @@ CONS=/lib/modules/nn_consumer.ko
 BENCH=/lib/modules/nn_bench.ko
 DEV=/dev/neural_network
 CPARAM=/sys/module/virtio_nn/parameters/cache_ms
+FB=/sys/module/virtio_nn/parameters/fallback_max_bytes
 . /etc/nn-expected
 
 # Users for the isolation checks (busybox su as root asks no password and
@@ -135,6 +136,10 @@ if [ -n "$NNDEV" ]; then
 fi
 expect_eq "timeout_ms default" "$(cat $PARAM)" "5000"
 expect_eq "cache_ms default" "$(cat $CPARAM)" "1000"
+expect_eq "fallback_max_bytes default" "$(cat $FB)" "1048576"
+# The CPU fallback is off except where it is tested (below): the other
+# checks want the device's own answers, timeouts and errors.
+echo 0 >$FB
 # The result cache is off except where it is tested: the other checks want
 # the device's own answers, timeouts and errors.
 echo 0 >$CPARAM
@@ -518,6 +523,46 @@ expect_eq "works again after the late answer" "$(cat $P)" "$OUT1"
 echo "    timeout took $((t1 - t0)) s"
 echo 5000 >$PARAM
 
+echo "== the CPU fallback: the driver's copy of the model answers when the device does not"
+echo 1048576 >$FB
+gen=$(kv $INFO Generation)
+n=0
+while [ $n -lt 100 ] && ! dmesg | grep -q "CPU fallback: copy of generation $gen "; do sleep 0.1; n=$((n + 1)); done
+expect_eq "the copy of generation $gen is fetched (GET_MODEL)" "$(dmesg | grep -c "CPU fallback: copy of generation $gen ")" "1"
+RD=$DEV_DEVICE_ONLY_MAGIC RF=$DEV_FALLBACK_MAGIC
+mkreq $RD 1 $in_w 0 $q1 >/tmp/reqd
+expect_eq "/dev: NNRD answered by the device (NNRS)" "$(devrun /tmp/reqd)" "$RS 1 $out_w $gen $q1out"
+echo 1000 >$PARAM
+fa0=$(kv $PERF fallback_answers)
+host stop-daemon
+echo "$Q1_IN" >$Q
+expect_eq "timeout: the fallback answers, bit for bit" "$(cat $Q)" "$Q1_OUT"
+expect_eq "model_info: Status: fallback" "$(kv $INFO Status)" "fallback"
+echo "$QX_IN" >$Q
+expect_eq "the fallback: extreme Q16.16 inputs, bit for bit" "$(cat $Q)" "$QX_OUT"
+echo "$WX_IN" >$P
+expect_eq "the fallback: /proc whole numbers" "$(cat $P)" "$WX_OUT"
+expect_eq "/dev: the fallback's answer is marked (NNRF) with the copy's generation" "$(devrun /tmp/req3)" "$RF 3 $out_w $gen $q1out $q1out $q1out"
+expect_err "/dev: NNRD is never answered by the fallback (ETIMEDOUT)" "timed out" devwrite /tmp/reqd
+if [ -e $CONS ]; then
+    expect_eq "API: neural_api_predict answered by the fallback" "$(cons input=$IN1)" "$OUT1"
+    expect_eq "API: neural_api_predict_ex, 8 rows: fallback flag and generation" \
+        "$(insmod $CONS mode=ex batch=8 count=3 input=$IN1 && cat /sys/module/nn_consumer/parameters/last_output /sys/module/nn_consumer/parameters/fallback_answers /sys/module/nn_consumer/parameters/last_generation | tr '\n' ' '; rmmod nn_consumer)" \
+        "$OUT1;$OUT1;$OUT1;$OUT1;$OUT1;$OUT1;$OUT1;$OUT1 3 $gen "
+    expect_err "API: NEURAL_API_NO_FALLBACK: ETIMEDOUT" "timed out" insmod $CONS mode=ex nofallback=1 input=$IN1 timeout_ms=300
+fi
+expect_err "the fallback checks the width (EINVAL)" "Invalid argument" wr $Q "1,2"
+expect_eq "performance: fallback_answers counted" "$([ $(($(kv $PERF fallback_answers) - fa0)) -ge 6 ] && echo yes)" "yes"
+host cont-daemon
+n=0
+while [ $n -lt 50 ] && [ "$(kv $INFO Status)" != active ]; do sleep 0.1; n=$((n + 1)); done
+expect_eq "model_info: active again after the late answers" "$(kv $INFO Status)" "active"
+echo "$Q1_IN" >$Q
+fa1=$(kv $PERF fallback_answers)
+expect_eq "the device answers again (not the fallback)" "$(cat $Q) $(($(kv $PERF fallback_answers) - fa1))" "$Q1_OUT 0"
+echo 5000 >$PARAM
+echo 0 >$FB
+
 echo "== rmmod while requests are in flight"
 i=0
 while [ $i -lt 4 ]; do
@@ -529,7 +574,7 @@ rmmod virtio_nn
 expect_eq "rmmod rc" "$?" "0"
 wait
 expect_eq "proc entries gone" "$(ls /proc/neural_network 2>&1 | grep -c 'No such file')" "1"
-insmod /lib/modules/virtio_nn.ko cache_ms=0
+insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0
 expect_eq "insmod again rc" "$?" "0"
 expect_eq "model_info after reload" "$(head -n 2 $INFO | tr '\n' ' ')" "Model: $MODEL Status: active "
 echo "$IN1" >$P
@@ -593,7 +638,7 @@ expect_eq "rmmod rc" "$?" "0"
 wait
 expect_eq "waiter got ENODEV" "$(cat /tmp/inflight)" "sh: write error: No such device"
 dmesg | grep "requests in flight"
-insmod /lib/modules/virtio_nn.ko cache_ms=0 health_interval_ms=300
+insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0 health_interval_ms=300
 expect_eq "insmod again rc" "$?" "0"
 echo "$IN1" >$P
 expect_eq "predict after reload" "$(cat $P)" "$OUT1"
@@ -637,19 +682,19 @@ host swap-a
 echo "== rmmod while a file is open"
 out=$(sh -c "exec 3<>$P; echo '$IN1' >&3; rmmod virtio_nn; echo rmmod=\$?; cat <&3; echo cat=\$?" 2>&1 | tr '\n' ' ')
 expect_eq "rmmod with an open file, then its read fails" "$out" "rmmod=0 cat: read error: Input/output error cat=1 "
-insmod /lib/modules/virtio_nn.ko cache_ms=0
+insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0
 expect_eq "insmod again rc" "$?" "0"
 
 echo "== /dev/neural_network: dev_mode, dev_gid"
 rmmod virtio_nn
-insmod /lib/modules/virtio_nn.ko cache_ms=0 dev_mode=0600 || insmod /lib/modules/virtio_nn.ko cache_ms=0
+insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0 dev_mode=0600 || insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0
 expect_eq "dev_mode=0600" "$(ls -l $DEV | cut -c1-10)" "crw-------"
 rmmod virtio_nn
-insmod /lib/modules/virtio_nn.ko cache_ms=0 dev_gid=1234 || insmod /lib/modules/virtio_nn.ko cache_ms=0
+insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0 dev_gid=1234 || insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0
 expect_eq "dev_gid: a member of the group is served" "$(devrun_as bob /tmp/req1)" "$RS 1 $out_w $(kv $INFO Generation) $q1out"
 expect_err "dev_gid: another uid cannot open it (EACCES)" "Permission denied" as alice "exec 3<>$DEV"
 rmmod virtio_nn
-insmod /lib/modules/virtio_nn.ko cache_ms=0
+insmod /lib/modules/virtio_nn.ko cache_ms=0 fallback_max_bytes=0
 expect_eq "insmod again rc" "$?" "0"
 
 echo "== idle rmmod and kernel log"

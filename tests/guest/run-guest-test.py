@@ -128,7 +128,7 @@ def write_expected(path, models):
     }
     # The /dev/neural_network ABI from its one source (nn-model abi).
     dev = nnlib.abi()["dev"]
-    for kind in ("request", "null", "response"):
+    for kind in ("request", "device_only", "null", "response", "fallback"):
         lines[f"DEV_{kind.upper()}_MAGIC"] = dev[f"{kind}_magic"]["value"]
     for part in ("request", "response"):
         fields = sorted(dev[f"{part}_header"], key=lambda f: f[1])
