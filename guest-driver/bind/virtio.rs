@@ -136,11 +136,14 @@ impl VirtioDevice {
             callback: Some(virtio_nn_event_done),
             ctx: false,
         };
-        let mut found = None;
-        if dev_queues <= max_find {
-            let total = dev_queues + 1;
+        // Queue `i` gets `infos[i]`: request queues, then the event queue.
+        let find = |total: usize, with_events: bool| -> Result<KVec<*mut bindings::virtqueue>> {
             let mut infos = KVec::from_elem(request, total, GFP_KERNEL)?;
-            infos[dev_queues] = event;
+            if with_events {
+                if let Some(last) = infos.last_mut() {
+                    *last = event;
+                }
+            }
             let mut vqs = KVec::from_elem(ptr::null_mut(), total, GFP_KERNEL)?;
             // SAFETY: The device is live (type invariant), without queues;
             // both arrays have `total` entries.
@@ -152,27 +155,16 @@ impl VirtioDevice {
                     infos.as_mut_ptr(),
                 )
             };
-            if ret == 0 {
-                found = Some((vqs, Some(dev_queues)));
-            }
-        }
-        let (raw, event_at) = match found {
-            Some(f) => f,
-            None => {
-                let mut infos = KVec::from_elem(request, nq, GFP_KERNEL)?;
-                let mut vqs = KVec::from_elem(ptr::null_mut(), nq, GFP_KERNEL)?;
-                // SAFETY: As above, with `nq` entries.
-                let ret = unsafe {
-                    glue::virtio_nn_find_vqs(
-                        self.as_ptr(),
-                        nq as u32,
-                        vqs.as_mut_ptr(),
-                        infos.as_mut_ptr(),
-                    )
-                };
-                kernel::error::to_result(ret)?;
-                (vqs, None)
-            }
+            kernel::error::to_result(ret).map(|()| vqs)
+        };
+        let with_events = if dev_queues <= max_find {
+            find(dev_queues + 1, true).ok()
+        } else {
+            None
+        };
+        let (raw, event_at) = match with_events {
+            Some(vqs) => (vqs, Some(dev_queues)),
+            None => (find(nq, false)?, None),
         };
         let mut requests = KVec::with_capacity(nq, GFP_KERNEL)?;
         for &vq in raw.iter().take(nq) {
