@@ -126,6 +126,19 @@ fn the_served_file_is_canonical_swaps_are_seen_and_restarts_keep_it() {
         assert!(t.elapsed() < Duration::from_secs(10), "no new worker");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(fe.config().unwrap(), cfg2);
+    // Until the new worker has loaded the model, config space says ERROR
+    // (the supervisor's view of a worker that is starting).
+    let t = Instant::now();
+    loop {
+        let cfg = fe.config().unwrap();
+        if cfg == cfg2 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the new worker never served generation 2: {cfg:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(fetch(&fe, &cfg2), want);
 }
